@@ -1,0 +1,108 @@
+"""The built-in demo: a small CNN trained on scikit-learn's digits (8x8 grey images, 10 classes).
+
+Real data that ships with scikit-learn (no download), a model that trains deterministically in
+a few seconds, and a fixed split so every run and every machine quantizes and evaluates the
+same samples. The trained model is cached by version so tasks after the first start at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+DEMO_NAME = "demo"
+# Bump when the architecture, the training or the split changes: it names the cached model.
+DEMO_VERSION = 3
+SPLIT_SEED = 0
+TEST_SAMPLES = 360
+CALIBRATION_SAMPLES = 200
+EPOCHS = 15
+LABELS = tuple(str(d) for d in range(10))
+INPUT_NAME = "image"
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """Images are float32 (N, 8, 8, 1) in [0, 1]; labels int64 (N,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_calibration: np.ndarray
+    y_calibration: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def digits_split() -> DigitsSplit:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    x, y = x[order], y[order]
+    test = slice(0, TEST_SAMPLES)
+    cal = slice(TEST_SAMPLES, TEST_SAMPLES + CALIBRATION_SAMPLES)
+    train = slice(TEST_SAMPLES + CALIBRATION_SAMPLES, None)
+    return DigitsSplit(x[train], y[train], x[cal], y[cal], x[test], y[test])
+
+
+def build_model(keras):
+    """Conv-pool-conv feature extractor and a dense head sized so weights dominate the file
+    (the int8 file is then about a quarter of the float one), using only ops that both the
+    Edge TPU and TFLite Micro run in int8."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((8, 8, 1), name=INPUT_NAME),
+        layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+        layers.MaxPooling2D(2, name="pool1"),
+        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(512, activation="relu", name="fc1"),
+        layers.Dense(10, activation="softmax", name="probs"),
+    ], name="digits_cnn")
+
+
+def cached_model_path(cache_dir: Path) -> Path:
+    from importlib.metadata import version
+
+    return cache_dir / f"demo-v{DEMO_VERSION}-keras{version('keras')}.keras"
+
+
+def demo_model_path(cache_dir: Path) -> Path:
+    """Path of the trained demo model, training it first if this cache has none."""
+    path = cached_model_path(cache_dir)
+    if path.is_file():
+        return path
+    log.info("training the demo model on scikit-learn digits (once; cached in %s)", cache_dir)
+    from .tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    import keras
+
+    from .tf_runtime import captured_stderr
+
+    keras.utils.set_random_seed(SPLIT_SEED)
+    tf.config.experimental.enable_op_determinism()
+    split = digits_split()
+    model = build_model(keras)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with captured_stderr():
+        model.fit(split.x_train, split.y_train, epochs=EPOCHS, batch_size=32, verbose=0)
+        _, accuracy = model.evaluate(split.x_test, split.y_test, verbose=0)
+    log.info("demo model trained: %.1f%% float accuracy on %d held-out digits",
+             100 * accuracy, len(split.y_test))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.tmp.keras")  # Keras insists on the suffix
+    model.save(staging)
+    write_bytes_atomic(path, staging.read_bytes())
+    staging.unlink()
+    return path
