@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import demo
+
+
+def test_split_is_fixed_disjoint_and_real():
+    a, b = demo.digits_split(), demo.digits_split()
+    assert np.array_equal(a.x_test, b.x_test) and np.array_equal(a.y_calibration, b.y_calibration)
+    assert len(a.x_test) == demo.TEST_SAMPLES and len(a.x_calibration) == demo.CALIBRATION_SAMPLES
+    assert len(a.x_train) + len(a.x_test) + len(a.x_calibration) == 1797  # all of sklearn's digits
+    from sklearn.datasets import load_digits
+
+    everything = np.concatenate([a.x_train, a.x_calibration, a.x_test])
+    original = (load_digits().images / 16.0).astype(np.float32)[..., None]
+    # every sample used exactly once: the three splits partition the data set
+    assert sorted(r.tobytes() for r in everything) == sorted(r.tobytes() for r in original)
+    assert a.x_train.dtype == np.float32 and 0 <= a.x_train.min() and a.x_train.max() <= 1
+    assert set(a.y_test) == set(range(10))
+
+
+def test_trained_model_is_cached(demo_int8, out_root):
+    cached = demo.cached_model_path(out_root / ".cache")
+    assert cached.is_file()
+    before = cached.stat().st_mtime_ns
+    assert demo.demo_model_path(out_root / ".cache") == cached
+    assert cached.stat().st_mtime_ns == before  # not retrained

@@ -1,0 +1,82 @@
+"""End-to-end: run `invoke` as a user does and check exit code, stderr and files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, invoke_cmd
+
+
+def run_invoke(*args, cwd=ROOT, timeout=300):
+    return subprocess.run(invoke_cmd() + list(args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_list_shows_every_task_with_help():
+    proc = run_invoke("--list")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("quantize", "deploy"):
+        line = next(l for l in proc.stdout.splitlines() if l.strip().startswith(name))
+        assert len(line.split()) > 1, f"{name} has no one-line help"
+
+
+def test_tasks_module_does_not_import_tensorflow():
+    code = ("import sys; sys.path.insert(0, '.'); import tasks; "
+            "heavy = [m for m in ('tensorflow', 'keras', 'ai_edge_litert', 'tflite_micro') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def assert_clean_error(proc, code, *needles):
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+def test_missing_model_exits_2_without_traceback(tmp_path):
+    proc = run_invoke("quantize", "--model", "no/such.keras", "--out", str(tmp_path))
+    assert_clean_error(proc, 2, "no/such.keras", "--model", "no such file", "fix:")
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_io_type_exits_2(tmp_path):
+    proc = run_invoke("quantize", "--io-type", "int4", "--out", str(tmp_path))
+    assert_clean_error(proc, 2, "--io-type", "int4", "uint8")
+
+
+def test_shape_mismatch_exits_2_and_leaves_nothing(tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros((4, 64), np.float32))
+    out = tmp_path / "out"
+    proc = run_invoke("quantize", "--data", str(tmp_path / "flat.npy"), "--out", str(out))
+    assert_clean_error(proc, 2, "expected (N, 8, 8, 1), got (4, 64)")
+    assert not (out / "demo").exists()
+
+
+def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
+    # A fresh project directory: the user's own tasks file is ours, run from the checkout.
+    proc = run_invoke("deploy", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "quantize (int8)" in proc.stdout and "accuracy" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    out = tmp_path / "demo"
+    assert {"model_float.tflite", "model_int8.tflite", "report.json", "report.md"} <= \
+        {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["quantize"]["evaluation"]["accuracy_drop_points"] <= 0.5
+    # nothing but our outputs: no temp files left behind by the atomic writes
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("option", ["--mode", "--io-type"])
+def test_help_documents_options(option):
+    proc = run_invoke("--help", "quantize")
+    assert proc.returncode == 0 and option in proc.stdout
