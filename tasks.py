@@ -21,6 +21,13 @@ def _setup_logging(verbose: bool) -> None:
                         stream=sys.stderr, force=True)
 
 
+def _int_option(value, option: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise Exit(f"error: {option}: expected a whole number, got '{value}'", code=2) from None
+
+
 def _run(fn, *args, **kwargs):
     """Call the library; a PipelineError becomes one line on stderr and its exit code."""
     try:
@@ -51,7 +58,7 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     cfg = c.config.get("pipeline", {})
     request = QuantizeRequest(
         model=model or cfg.get("model", DEFAULTS["model"]), data=data, eval_data=eval_data,
-        mode=mode, io_type=io_type, samples=int(samples or cfg.get("samples", DEFAULTS["samples"])),
+        mode=mode, io_type=io_type, samples=_int_option(samples or cfg.get("samples", DEFAULTS["samples"]), "--samples"),
         name=name, out=Path(out or cfg.get("out", DEFAULTS["out"])))
     result = _run(run_quantize, request)
     from pipeline.summary import quantize_summary
@@ -77,5 +84,41 @@ def deploy(c, model=None, data=None, io_type=None, samples=None, name=None, out=
              verbose=verbose)
 
 
-ns = Collection(quantize, deploy)
+@task(help={
+    "model": "a .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
+    "target": "edgetpu, tflm or all (default)",
+    "board": "board preset to check flash and RAM against (`invoke boards`)",
+    "json": "print exactly one JSON object on stdout",
+    "strict": "exit 1 when the model is not fully deployable",
+    "no_interpreter": "skip the TFLM interpreter run and arena search",
+    "out": "output root for the demo (default build)",
+})
+def check(c, model=None, target="all", board=None, json=False, strict=False, no_interpreter=False,
+          out=None):
+    """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
+    import json as json_module
+
+    from pipeline.check.run import check as run_check, format_table
+
+    _setup_logging(False)
+    cfg = c.config.get("pipeline", {})
+    result = _run(run_check, model or cfg.get("model", DEFAULTS["model"]), target=target, board=board,
+                  out=Path(out or cfg.get("out", DEFAULTS["out"])), run_interpreter=not no_interpreter)
+    print(json_module.dumps(result.to_json()) if json else format_table(result))
+    if strict and not result.deployable:
+        raise Exit(code=1)
+    return result
+
+
+@task
+def boards(c):
+    """List the board presets (flash, RAM, CPU) that --board accepts."""
+    from pipeline.boards import boards as all_boards
+
+    for b in all_boards().values():
+        print(f"{b.key:<24} {b.name:<30} {b.cpu:<14} flash {b.flash_bytes // 1024:>7} KiB  "
+              f"RAM {b.ram_bytes // 1024:>5} KiB  {b.clock_mhz} MHz")
+
+
+ns = Collection(quantize, check, boards, deploy)
 ns.configure({"pipeline": dict(DEFAULTS)})

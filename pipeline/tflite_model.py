@@ -135,6 +135,21 @@ class TFLiteModel:
     signatures: tuple[Signature, ...]
     metadata: dict[str, int] = field(default_factory=dict)  # name -> buffer index
     min_runtime_version: str | None = None
+    raw: bytes = field(default=b"", repr=False, compare=False)
+    buffer_spans: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
+
+    def tensor_values(self, tensor: Tensor):
+        """A constant tensor's data as a numpy array (None for activations)."""
+        import numpy as np
+
+        if not tensor.is_constant or tensor.buffer >= len(self.buffer_spans):
+            return None
+        start, n = self.buffer_spans[tensor.buffer]
+        dtype = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32,
+                 "int64": np.int64, "float32": np.float32, "float16": np.float16}.get(tensor.dtype)
+        if dtype is None or n == 0:
+            return None
+        return np.frombuffer(self.raw, dtype=dtype, count=n // np.dtype(dtype).itemsize, offset=start)
 
     @property
     def main(self) -> Subgraph:
@@ -224,6 +239,7 @@ class _Reader:
         m = self.tfl.Model.GetRootAs(self.data, 0)
         buffers = [m.Buffers(i) for i in range(self._len(m.BuffersLength(), "buffers"))]
         sizes = [self._buffer_size(b) for b in buffers]
+        spans = tuple(self._buffer_span(b) for b in buffers)
         codes = [self._opcode(m.OperatorCodes(i))
                  for i in range(self._len(m.OperatorCodesLength(), "operator_codes"))]
         subgraphs = tuple(self._subgraph(m.Subgraphs(i), codes, sizes)
@@ -244,21 +260,27 @@ class _Reader:
                            for i in range(self._len(m.SignatureDefsLength(), "signature_defs")))
         return TFLiteModel(source=self.source, size=len(self.data), schema_version=m.Version(),
                            description=self._str(m.Description()), subgraphs=subgraphs,
-                           signatures=signatures, metadata=metadata, min_runtime_version=min_runtime)
+                           signatures=signatures, metadata=metadata, min_runtime_version=min_runtime,
+                           raw=self.data, buffer_spans=spans)
 
     def _buffer_size(self, buf) -> int:
         if buf.Size():  # data stored after the flatbuffer (models over 2 GB)
             return int(buf.Size())
         return self._len(buf.DataLength(), "buffer data")
 
-    def _buffer_bytes(self, buf) -> bytes:
+    def _buffer_span(self, buf) -> tuple[int, int]:
+        """(start, length) of inline buffer data; (0, 0) when empty or stored outside."""
         n = self._len(buf.DataLength(), "buffer data")
         if not n:
-            return b""
+            return (0, 0)
         start = buf._tab.Vector(buf._tab.Offset(4))
         if start + n > len(self.data):
             raise ModelFormatError("buffer data runs past the end of the file: truncated",
                                    path=self.source)
+        return (start, n)
+
+    def _buffer_bytes(self, buf) -> bytes:
+        start, n = self._buffer_span(buf)
         return self.data[start:start + n]
 
     def _opcode(self, oc) -> tuple[int, str | None, int]:

@@ -53,6 +53,11 @@ def test_bad_io_type_exits_2(tmp_path):
     assert_clean_error(proc, 2, "--io-type", "int4", "uint8")
 
 
+def test_non_numeric_samples_exits_2(tmp_path):
+    proc = run_invoke("quantize", "--samples", "abc", "--out", str(tmp_path))
+    assert_clean_error(proc, 2, "--samples", "abc")
+
+
 def test_shape_mismatch_exits_2_and_leaves_nothing(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros((4, 64), np.float32))
     out = tmp_path / "out"

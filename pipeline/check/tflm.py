@@ -1,0 +1,192 @@
+"""TFLite Micro: which `MicroMutableOpResolver` method registers each op, whether its reference
+kernel takes the op's tensor types, and the definitive test: the model loaded and invoked in the
+TFLM Python interpreter (in a subprocess, since it can abort the process), with the smallest
+tensor arena found by binary search.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ..tflite_model import Operator, TFLiteModel
+
+TABLE_PATH = Path(__file__).with_name("tflm_ops.json")
+ARENA_ALIGNMENT = 16
+# TFLM wastes up to 16 bytes realigning an arena that does not start on a 16-byte boundary
+# (micro_interpreter.h); the recommended size adds that slack to the measured minimum.
+ARENA_MARGIN_BYTES = 16
+_MAX_RESTARTS = 64
+_PROBE_TIMEOUT_S = 300
+# uint8 appears in TFLM only in these kernels (or type-agnostic copies): tflm_ops.json source notes
+_UINT8_OPS = {"QUANTIZE", "DEQUANTIZE", "REVERSE_V2", "RESHAPE", "SQUEEZE", "BROADCAST_TO", "SHAPE"}
+
+
+@cache
+def table() -> dict[str, Any]:
+    return json.loads(TABLE_PATH.read_text())
+
+
+@dataclass(frozen=True)
+class TFLMOpVerdict:
+    index: int
+    op: str
+    supported: bool
+    resolver_method: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "op": self.op, "supported": self.supported,
+                "resolver_method": self.resolver_method, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TFLMReport:
+    compatible: bool
+    ops: tuple[TFLMOpVerdict, ...]
+    resolver_methods: tuple[str, ...]
+    interpreter_ran: bool | None
+    interpreter_error: str | None
+    arena_bytes: int | None
+    model_problem: str | None
+
+    @property
+    def recommended_arena_bytes(self) -> int | None:
+        return None if self.arena_bytes is None else self.arena_bytes + ARENA_MARGIN_BYTES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"compatible": self.compatible, "arena_bytes": self.arena_bytes,
+                "arena_margin_bytes": ARENA_MARGIN_BYTES,
+                "recommended_arena_bytes": self.recommended_arena_bytes,
+                "resolver_size": len(self.resolver_methods),
+                "resolver_methods": list(self.resolver_methods),
+                "interpreter": {"ran": self.interpreter_ran, "error": self.interpreter_error},
+                "model_problem": self.model_problem,
+                "rules": f"tflite-micro {table()['tflite_micro_commit'][:12]} (wheel {table()['tflite_micro_wheel']})",
+                "ops": [o.to_json() for o in self.ops]}
+
+
+def _main_input_dtype(model: TFLiteModel, op: Operator) -> str | None:
+    sg = model.main
+    for i in op.inputs:
+        if i >= 0 and not sg.tensors[i].is_constant:
+            return sg.tensors[i].dtype
+    return None
+
+
+def _verdict(model: TFLiteModel, op: Operator) -> TFLMOpVerdict:
+    entry = table()["ops"].get(op.op)
+    if entry is None:
+        if op.op.startswith("CUSTOM:"):
+            reason = (f"custom op {op.custom_code!r} has no TFLM kernel: write one and register it "
+                      "with AddCustom")
+        else:
+            reason = f"{op.op} has no TFLM kernel (no MicroMutableOpResolver method)"
+        return TFLMOpVerdict(op.index, op.op, False, None, reason)
+    method = entry["method"]
+    dtype = _main_input_dtype(model, op)
+    if dtype == "uint8":
+        ok = op.op in _UINT8_OPS
+        return TFLMOpVerdict(op.index, op.op, ok, method,
+                             "uint8 data" if ok else f"TFLM has no uint8 {op.op} kernel: quantize with --io-type int8")
+    support = entry.get(dtype) if dtype else True
+    if support is False:
+        return TFLMOpVerdict(op.index, op.op, False, method,
+                             f"the reference {op.op} kernel rejects {dtype} input")
+    if dtype == "float32" and op.op not in ("QUANTIZE", "DEQUANTIZE"):
+        return TFLMOpVerdict(op.index, op.op, True, method, "runs in float32 (left float by the converter)")
+    if support is None:
+        return TFLMOpVerdict(op.index, op.op, True, method,
+                             f"{dtype} support of the {op.op} kernel is not determined: the interpreter run decides")
+    return TFLMOpVerdict(op.index, op.op, True, method, f"{dtype or 'no activation'} kernel")
+
+
+def static_check(model: TFLiteModel) -> tuple[list[TFLMOpVerdict], str | None]:
+    verdicts = [_verdict(model, op) for sg in model.subgraphs[:1] for op in sg.operators]
+    problem = None
+    if any(t.is_dynamic for t in model.main.tensors):
+        problem = "dynamic-sized tensors: TFLM needs static shapes (batch fixed to 1)"
+    return verdicts, problem
+
+
+def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, str | None]:
+    """(ran, smallest arena, error) from the TFLM interpreter in crash-isolated workers."""
+    lo, hi = 0, None
+    for _ in range(_MAX_RESTARTS):
+        cmd = [sys.executable, "-m", "pipeline.check.tflm_probe", str(model_path), str(inputs), str(lo)]
+        if hi is not None:
+            cmd.append(str(hi))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
+                                  cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return False, None, f"the TFLM interpreter did not finish within {_PROBE_TIMEOUT_S} s"
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        result = next((e["result"] for e in events if "result" in e), None)
+        if result is not None:
+            if not result["runs"]:
+                return False, None, _explain(proc.stderr)
+            return True, result["arena_bytes"], None
+        pending = [e for e in events if "probe" in e]
+        if not pending or (hi is None and len(pending) <= 2):
+            return False, None, (f"the TFLM interpreter crashed ({_signal_name(proc.returncode)}) "
+                                 f"loading the model: {_explain(proc.stderr)}")
+        for e in pending:  # replay what the crashed worker learned
+            if e["ok"] is True:
+                hi = e["probe"]
+            elif e["ok"] is False:
+                lo = max(lo, e["probe"] + 1)
+        lo = max(lo, pending[-1]["probe"] + 1)  # it crashed on this size: too small
+    return False, None, "the TFLM interpreter kept crashing during the arena search"
+
+
+def _signal_name(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+_TFLM_ERROR_PATTERNS = (
+    r"Didn't find op for builtin opcode '[^']+'",
+    r"Node \S+ \(number \d+\) failed to (?:prepare|invoke)[^\n]*",
+    r"\S+\.cc:\d+ [^\n]+ was not true\.?",
+    r"Failed to get registration from op code \S+",
+)
+
+
+def _explain(stderr: str) -> str:
+    found = []
+    for pat in _TFLM_ERROR_PATTERNS:
+        found += [m.group(0).strip() for m in re.finditer(pat, stderr)]
+    if found:
+        return "; ".join(dict.fromkeys(found))
+    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def round_arena(n: int) -> int:
+    return -(-n // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+
+
+def check_tflm(model: TFLiteModel, model_path: Path | None, *, run_interpreter: bool = True) -> TFLMReport:
+    verdicts, problem = static_check(model)
+    methods = tuple(dict.fromkeys(v.resolver_method for v in verdicts if v.resolver_method))
+    ran = arena = error = None
+    if run_interpreter and model_path is not None and problem is None:
+        ran, arena, error = probe_interpreter(model_path, len(model.main.inputs))
+        arena = round_arena(arena) if arena else None
+    compatible = problem is None and all(v.supported for v in verdicts) and ran is not False
+    return TFLMReport(compatible=compatible, ops=tuple(verdicts), resolver_methods=methods,
+                      interpreter_ran=ran, interpreter_error=error, arena_bytes=arena,
+                      model_problem=problem)
