@@ -35,6 +35,21 @@ def _enum_names(enum_name: str) -> dict[int, str]:
             if not name.startswith("_") and isinstance(value, int)}
 
 
+@cache
+def _scalar_getters(cls) -> tuple[str, ...]:
+    """Zero-argument field getters of a generated options class (vector getters take an index)."""
+    import inspect
+
+    names = []
+    for name, fn in vars(cls).items():
+        if not name[:1].isupper() or name.startswith(("GetRootAs", "Init")) or \
+                name.endswith(("AsNumpy", "Length", "IsNone", "BufferHasIdentifier")):
+            continue
+        if callable(fn) and len(inspect.signature(fn).parameters) == 1:
+            names.append(name)
+    return tuple(names)
+
+
 def builtin_op_name(code: int) -> str:
     """Schema name of a builtin op code; codes newer than the schema are named by number."""
     return _enum_names("BuiltinOperator").get(code, f"BUILTIN_{code}")
@@ -100,6 +115,9 @@ class Operator:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     custom_code: str | None = None
+    # scalar builtin options by schema field name, e.g. {"FusedActivationFunction": "RELU",
+    # "DilationHFactor": 2}; activation functions and paddings by their enum names
+    options: dict[str, object] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -229,8 +247,12 @@ class _Reader:
                                    path=self.source)
         return n
 
-    def _ints(self, length: int, get, what: str) -> tuple[int, ...]:
-        return tuple(int(get(j)) for j in range(self._len(length, what)))
+    def _vector(self, obj, field_name: str, what: str) -> tuple:
+        """A scalar vector through its numpy view: one call instead of one per element.
+        The length is checked first; numpy refuses a view running past the buffer."""
+        if not self._len(getattr(obj, f"{field_name}Length")(), what):
+            return ()
+        return tuple(getattr(obj, f"{field_name}AsNumpy")().tolist())
 
     def _str(self, raw: bytes | None) -> str:
         return raw.decode("utf-8", "replace") if raw else ""
@@ -238,8 +260,9 @@ class _Reader:
     def model(self) -> TFLiteModel:
         m = self.tfl.Model.GetRootAs(self.data, 0)
         buffers = [m.Buffers(i) for i in range(self._len(m.BuffersLength(), "buffers"))]
-        sizes = [self._buffer_size(b) for b in buffers]
         spans = tuple(self._buffer_span(b) for b in buffers)
+        # data stored after the flatbuffer (models over 2 GB) has no inline span, only a size
+        sizes = [n or int(b.Size() or 0) for (_, n), b in zip(spans, buffers)]
         codes = [self._opcode(m.OperatorCodes(i))
                  for i in range(self._len(m.OperatorCodesLength(), "operator_codes"))]
         subgraphs = tuple(self._subgraph(m.Subgraphs(i), codes, sizes)
@@ -262,11 +285,6 @@ class _Reader:
                            description=self._str(m.Description()), subgraphs=subgraphs,
                            signatures=signatures, metadata=metadata, min_runtime_version=min_runtime,
                            raw=self.data, buffer_spans=spans)
-
-    def _buffer_size(self, buf) -> int:
-        if buf.Size():  # data stored after the flatbuffer (models over 2 GB)
-            return int(buf.Size())
-        return self._len(buf.DataLength(), "buffer data")
 
     def _buffer_span(self, buf) -> tuple[int, int]:
         """(start, length) of inline buffer data; (0, 0) when empty or stored outside."""
@@ -301,16 +319,17 @@ class _Reader:
                                        f"{len(codes)} operator codes: corrupt", path=self.source)
             code, custom, version = codes[idx]
             name = f"CUSTOM:{custom}" if code == self.tfl.BuiltinOperator.CUSTOM else builtin_op_name(code)
-            inputs = self._ints(op.InputsLength(), op.Inputs, "operator inputs")
-            outputs = self._ints(op.OutputsLength(), op.Outputs, "operator outputs")
+            inputs = self._vector(op, "Inputs", "operator inputs")
+            outputs = self._vector(op, "Outputs", "operator outputs")
             for t in inputs + outputs:
                 if t >= len(tensors) or t < -1:  # -1 marks an omitted optional input
                     raise ModelFormatError(f"operator {i} ({name}) refers to tensor {t}, but the "
                                            f"subgraph has {len(tensors)}: corrupt", path=self.source)
             ops.append(Operator(index=i, op=name, builtin_code=code, version=version,
-                                inputs=inputs, outputs=outputs, custom_code=custom))
-        io_in = self._ints(sg.InputsLength(), sg.Inputs, "subgraph inputs")
-        io_out = self._ints(sg.OutputsLength(), sg.Outputs, "subgraph outputs")
+                                inputs=inputs, outputs=outputs, custom_code=custom,
+                                options=self._options(op)))
+        io_in = self._vector(sg, "Inputs", "subgraph inputs")
+        io_out = self._vector(sg, "Outputs", "subgraph outputs")
         for t in io_in + io_out:
             if not 0 <= t < len(tensors):
                 raise ModelFormatError(f"subgraph input/output tensor {t} does not exist: corrupt",
@@ -318,11 +337,32 @@ class _Reader:
         return Subgraph(name=self._str(sg.Name()), tensors=tensors, operators=tuple(ops),
                         inputs=io_in, outputs=io_out)
 
+    def _options(self, op) -> dict[str, object]:
+        kind = op.BuiltinOptionsType()
+        name = _enum_names("BuiltinOptions").get(kind)
+        table = op.BuiltinOptions() if kind else None
+        if not name or table is None:
+            return {}
+        cls = getattr(self.tfl, name, None)
+        if cls is None:
+            return {}
+        obj = cls()
+        obj.Init(table.Bytes, table.Pos)
+        out: dict[str, object] = {}
+        for getter in _scalar_getters(cls):
+            value = getattr(obj, getter)()
+            if getter == "FusedActivationFunction":
+                value = _enum_names("ActivationFunctionType").get(value, value)
+            elif getter == "Padding":
+                value = _enum_names("Padding").get(value, value)
+            out[getter] = value
+        return out
+
     def _tensor(self, index: int, t, sizes) -> Tensor:
-        shape = self._ints(t.ShapeLength(), t.Shape, "tensor shape")
+        shape = self._vector(t, "Shape", "tensor shape")
         sig = None
         if not t.ShapeSignatureIsNone():
-            sig = self._ints(t.ShapeSignatureLength(), t.ShapeSignature, "tensor shape_signature")
+            sig = self._vector(t, "ShapeSignature", "tensor shape_signature")
         buf = int(t.Buffer())
         if not 0 <= buf < max(len(sizes), 1):
             raise ModelFormatError(f"tensor {index} uses buffer {buf}, but the model has {len(sizes)}",
@@ -330,8 +370,8 @@ class _Reader:
         quant = None
         q = t.Quantization()
         if q is not None and q.ScaleLength():
-            scales = tuple(float(q.Scale(j)) for j in range(self._len(q.ScaleLength(), "scales")))
-            zps = self._ints(q.ZeroPointLength(), q.ZeroPoint, "zero points")
+            scales = self._vector(q, "Scale", "scales")
+            zps = self._vector(q, "ZeroPoint", "zero points")
             quant = Quantization(scales=scales, zero_points=zps or (0,) * len(scales),
                                  axis=int(q.QuantizedDimension()))
         return Tensor(index=index, name=self._str(t.Name()), dtype=tensor_type_name(t.Type()),

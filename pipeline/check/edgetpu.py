@@ -10,6 +10,7 @@ when it is supported ("More than one subgraph is not supported").
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -83,59 +84,192 @@ def _effective_dims(t: Tensor) -> list[int]:
     return [d for d in t.shape if d != 1]
 
 
-def _limit_violation(model: TFLiteModel, op: Operator, limit: str) -> tuple[str, str] | None:
-    sg = model.main
-    ins = [sg.tensors[i] for i in op.inputs if i >= 0]
-    outs = [sg.tensors[i] for i in op.outputs]
-    if limit == "output_1d" and outs and len(_effective_dims(outs[0])) > 1:
-        return status("unspecified"), "FULLY_CONNECTED output must be 1-D: flatten before the dense layer"
-    if limit == "softmax_1d" and ins:
-        t = ins[0]
-        dims = _effective_dims(t)
-        if len(dims) > 1 or (dims and dims[0] > _SOFTMAX_MAX_ELEMENTS):
-            return status("unspecified"), (f"SOFTMAX needs a 1-D input of at most "
-                                           f"{_SOFTMAX_MAX_ELEMENTS} elements (got {list(t.shape)})")
-    if limit == "unit_strides" and len(ins) >= 4:
-        strides = model.tensor_values(ins[3])
-        if strides is None or any(int(s) != 1 for s in strides):
-            return status("strided_slice"), "use strides of 1 (slice, then subsample on the CPU)"
-    if limit == "eight_bit_input" and ins and ins[0].dtype not in EIGHT_BIT:
-        return status("unspecified"), ("a float-input QUANTIZE stays on the CPU: quantize with "
-                                       "int8/uint8 I/O (`invoke quantize --io-type int8`)")
-    if limit == "resize_scale" and ins and outs:
-        hin, win = ins[0].shape[1:3] if len(ins[0].shape) == 4 else (0, 0)
-        hout, wout = outs[0].shape[1:3] if len(outs[0].shape) == 4 else (0, 0)
-        # compiled Coral models: same size and x2 upsampling were mapped; 1->33 and 33->513 were not
-        if not hin or not win or (hout, wout) not in ((hin, win), (2 * hin, 2 * win)):
-            return status("unspecified"), (f"resize {hin}x{win} -> {hout}x{wout} is left on the CPU "
-                                           "(only same-size and 2x upsampling are known to map)")
+# --- per-op limits ----------------------------------------------------------------------
+# Each limit is a named check: it returns None when the op is fine, else the sentence the user
+# reads (the fix). The status is the compiler's wording for that kind of refusal.
+
+Limit = Callable[[TFLiteModel, Operator, int], "str | None"]
+LIMITS: dict[str, tuple[str, Limit]] = {}
+# limits checked before the generic type and rank rules: they name the root cause (a float model
+# input, weights computed at run time) where those rules would only name its symptom
+PRE_TYPE_LIMITS = {"eight_bit_input", "constant_weights"}
+
+
+def limit(name: str, status_key: str = "unspecified"):
+    def register(fn: Limit) -> Limit:
+        LIMITS[name] = (status_key, fn)
+        return fn
+    return register
+
+
+def _in(model: TFLiteModel, op: Operator, k: int) -> Tensor | None:
+    return model.main.tensors[op.inputs[k]] if len(op.inputs) > k and op.inputs[k] >= 0 else None
+
+
+def _out(model: TFLiteModel, op: Operator) -> Tensor | None:
+    return model.main.tensors[op.outputs[0]] if op.outputs else None
+
+
+def _axes(model: TFLiteModel, t: Tensor | None, rank: int) -> list[int] | None:
+    values = model.tensor_values(t) if t is not None else None
+    return None if values is None else [int(a) % max(rank, 1) for a in values.ravel()]
+
+
+@limit("output_1d")
+def _output_1d(model, op, runtime):
+    out = _out(model, op)
+    if out is not None and len(_effective_dims(out)) > 1:
+        return f"{op.op} output must be 1-D (got {list(out.shape)}): flatten before the dense layer"
     return None
 
 
+@limit("softmax_1d")
+def _softmax_1d(model, op, runtime):
+    t = _in(model, op, 0)
+    dims = _effective_dims(t) if t is not None else []
+    if len(dims) > 1 or (dims and dims[0] > _SOFTMAX_MAX_ELEMENTS):
+        return f"SOFTMAX needs a 1-D input of at most {_SOFTMAX_MAX_ELEMENTS} elements (got {list(t.shape)})"
+    return None
+
+
+@limit("unit_strides", "strided_slice")
+def _unit_strides(model, op, runtime):
+    strides = model.tensor_values(_in(model, op, 3)) if _in(model, op, 3) is not None else None
+    if strides is None or any(int(v) != 1 for v in strides):
+        return "use strides of 1 (slice, then subsample on the CPU)"
+    if op.options.get("EllipsisMask") or op.options.get("NewAxisMask"):
+        return "STRIDED_SLICE with an ellipsis or new-axis mask: index explicitly"
+    return None
+
+
+@limit("eight_bit_input")
+def _eight_bit_input(model, op, runtime):
+    t = _in(model, op, 0)
+    if t is not None and t.dtype not in EIGHT_BIT:
+        return ("a float-input QUANTIZE stays on the CPU: quantize with int8/uint8 I/O "
+                "(`invoke quantize --io-type int8`)")
+    return None
+
+
+@limit("resize_scale")
+def _resize_scale(model, op, runtime):
+    t, out = _in(model, op, 0), _out(model, op)
+    hin, win = t.shape[1:3] if t is not None and len(t.shape) == 4 else (0, 0)
+    hout, wout = out.shape[1:3] if out is not None and len(out.shape) == 4 else (0, 0)
+    # compiled Coral models: same size and x2 upsampling were mapped; 1->33 and 33->513 were not
+    if not hin or not win or (hout, wout) not in ((hin, win), (2 * hin, 2 * win)):
+        return (f"resize {hin}x{win} -> {hout}x{wout} is left on the CPU "
+                "(only same-size and 2x upsampling are known to map)")
+    return None
+
+
+@limit("no_fused_activation")
+def _no_fused_activation(model, op, runtime):
+    act = op.options.get("FusedActivationFunction", "NONE")
+    if act != "NONE":
+        return f"{op.op} with a fused {act}: apply the activation as its own op"
+    return None
+
+
+@limit("equal_dilation")
+def _equal_dilation(model, op, runtime):
+    h, w = op.options.get("DilationHFactor", 1), op.options.get("DilationWFactor", 1)
+    if h != w:
+        return f"dilation must be equal in x and y (got {h} x {w})"
+    if op.op == "DEPTHWISE_CONV_2D" and h > 1 and runtime < 13:
+        return f"dilated DEPTHWISE_CONV_2D needs Edge TPU runtime 13 (targeting {runtime})"
+    return None
+
+
+@limit("not_over_batch")
+def _not_over_batch(model, op, runtime):
+    data = _in(model, op, 1 if op.op == "SPLIT" else 0)
+    rank = len(data.shape) if data is not None else 0
+    if op.op == "PACK":
+        axes = [int(op.options.get("Axis", 0))]
+        rank += 1
+    elif op.op == "PAD":
+        pads = model.tensor_values(_in(model, op, 1)) if _in(model, op, 1) is not None else None
+        axes = [0] if pads is not None and pads.size >= 2 and (pads[0] or pads[1]) else []
+    elif op.op == "SPLIT":
+        axes = _axes(model, _in(model, op, 0), rank)
+    else:  # MEAN, SUM, REDUCE_MAX, REDUCE_MIN
+        axes = _axes(model, _in(model, op, 1), rank)
+    if axes is None:
+        return f"{op.op} axes must be compile-time constants"
+    if rank > 1 and 0 in axes:
+        return f"{op.op} along the batch dimension: reshape so that the batch stays 1"
+    return None
+
+
+@limit("z_reduction_multiple_of_4")
+def _z_reduction(model, op, runtime):
+    data = _in(model, op, 0)
+    axes = _axes(model, _in(model, op, 1), len(data.shape)) if data is not None else None
+    if data is not None and axes and len(data.shape) - 1 in axes and data.shape[-1] % 4:
+        return f"MEAN over channels needs a channel count that is a multiple of 4 (got {data.shape[-1]})"
+    return None
+
+
+@limit("constant_concat_is_zero_padding")
+def _concat_constants(model, op, runtime):
+    consts = [model.main.tensors[i] for i in op.inputs if i >= 0 and model.main.tensors[i].is_constant]
+    if not consts:
+        return None
+    values = model.tensor_values(consts[0])
+    if len(op.inputs) != 2 or len(consts) != 1 or values is None or values.any():
+        return ("CONCATENATION with a constant input maps only as zero padding: "
+                "exactly 2 inputs, the constant all zeros")
+    return None
+
+
+@limit("prelu_alpha_1d")
+def _prelu_alpha(model, op, runtime):
+    alpha = _in(model, op, 1)
+    if alpha is not None and any(d != 1 for d in alpha.shape[:-1]):
+        return f"PReLU alpha {list(alpha.shape)} must vary along the innermost dim only: shared_axes=[1, 2]"
+    return None
+
+
+@limit("constant_weights", "param_not_constant")
+def _constant_weights(model, op, runtime):
+    weights = _in(model, op, 1)
+    if weights is not None and not weights.is_constant:
+        return f"{op.op} weights must be constant at compile time: re-export with constant weights"
+    return None
+
+
+def _apply(name: str, model: TFLiteModel, op: Operator, runtime: int) -> tuple[str, str] | None:
+    status_key, check = LIMITS[name]
+    fix = check(model, op, runtime)
+    return (status(status_key), fix) if fix else None
+
+
 def _op_problem(model: TFLiteModel, op: Operator, runtime: int) -> tuple[str, str] | None:
-    """(status, fix) when this op cannot map on its own, None when it can."""
+    """(status, fix) when this op cannot map on its own, None when it can. The order follows
+    the compiler's wording in real logs: custom ops and float/int32 tensors are "unsupported
+    data type" before an op is "not supported" (DEQUANTIZE, float RESHAPE)."""
     entry = table()["ops"].get(op.op)
     if op.op.startswith("CUSTOM:"):
         return status("data_type"), "custom ops run on the CPU: keep them at the end of the graph"
+    limits = entry.get("limits", ()) if entry else ()
+    for name in (n for n in limits if n in PRE_TYPE_LIMITS):
+        if violation := _apply(name, model, op, runtime):
+            return violation
+    acts = _activations(model, op)
+    allowed = EIGHT_BIT + tuple(entry.get("extra_activation_types", ()) if entry else ())
+    if any(t.dtype not in allowed for t in acts):
+        bad = sorted({t.dtype for t in acts if t.dtype not in allowed})
+        return status("data_type"), (f"{op.op} computes on {', '.join(bad)} tensors: full-integer "
+                                     "int8 quantization (`invoke quantize`), or move it out of the model")
     if entry is None:
         return status("not_supported"), f"replace {op.op} with an op the Edge TPU supports"
     if entry["min_runtime"] > runtime:
         return status("not_supported"), f"{op.op} needs Edge TPU runtime {entry['min_runtime']} (targeting {runtime})"
-    for limit in entry.get("limits", ()):
-        if limit == "eight_bit_input":
-            violation = _limit_violation(model, op, limit)
-            if violation:
-                return violation
-    acts = _activations(model, op)
-    allowed = EIGHT_BIT + tuple(entry.get("extra_activation_types", ()))
-    if any(t.dtype not in allowed for t in acts):
-        bad = sorted({t.dtype for t in acts if t.dtype not in allowed})
-        return status("data_type"), f"{op.op} computes on {', '.join(bad)} tensors: full-integer int8 quantization (`invoke quantize`)"
     if any(not _rank_ok(t) for t in acts):
         return status("rank"), "reshape so that only the 3 innermost dimensions exceed 1"
-    for limit in entry.get("limits", ()):
-        violation = _limit_violation(model, op, limit)
-        if violation:
+    for name in (n for n in limits if n not in PRE_TYPE_LIMITS):
+        if violation := _apply(name, model, op, runtime):
             return violation
     return None
 

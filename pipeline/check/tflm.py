@@ -175,6 +175,30 @@ def _explain(stderr: str) -> str:
     return lines[-1][:300] if lines else "no message"
 
 
+# Fixed-point multipliers (QuantizeMultiplier) cannot represent scales this far from 1; TFLM
+# kernels then abort() in Prepare instead of returning an error.
+_SCALE_RANGE = (1e-12, 1e12)
+
+
+def unrepresentable_quantization(model: TFLiteModel) -> list[str]:
+    """Ops touching a tensor whose scale TFLM cannot turn into a fixed-point multiplier."""
+    import math
+
+    sg = model.main
+    found = []
+    for op in sg.operators:
+        for i in op.inputs + op.outputs:
+            t = sg.tensors[i] if i >= 0 else None
+            if t is None or t.quantization is None or t.is_constant:
+                continue
+            bad = [s for s in t.quantization.scales
+                   if not math.isfinite(s) or not _SCALE_RANGE[0] <= s <= _SCALE_RANGE[1]]
+            if bad:
+                found.append(f"{op.op} (op {op.index}): tensor '{t.name}' scale {bad[0]:g}")
+                break
+    return found
+
+
 def round_arena(n: int) -> int:
     return -(-n // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
 
@@ -186,6 +210,9 @@ def check_tflm(model: TFLiteModel, model_path: Path | None, *, run_interpreter: 
     if run_interpreter and model_path is not None and problem is None:
         ran, arena, error = probe_interpreter(model_path, len(model.main.inputs))
         arena = round_arena(arena) if arena else None
+        suspects = unrepresentable_quantization(model) if error and "crashed" in error else []
+        if suspects:
+            error += f"; likely cause: {'; '.join(suspects)} cannot be represented in fixed point"
     compatible = problem is None and all(v.supported for v in verdicts) and ran is not False
     return TFLMReport(compatible=compatible, ops=tuple(verdicts), resolver_methods=methods,
                       interpreter_ran=ran, interpreter_error=error, arena_bytes=arena,
