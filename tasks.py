@@ -74,14 +74,21 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "samples": "representative samples (default 200)",
     "name": "output name (default: the model file's stem)",
     "out": "output root directory (default build)",
+    "target": "edgetpu, tflm or all (default)",
+    "board": "board preset for the TFLM fit (`invoke boards`)",
     "verbose": "debug logging",
 })
-def deploy(c, model=None, data=None, io_type=None, samples=None, name=None, out=None, verbose=False):
+def deploy(c, model=None, data=None, io_type=None, samples=None, name=None, out=None, target="all",
+           board=None, verbose=False):
     """Run the whole chain; with no arguments, on the built-in demo model."""
-    # The chain grows stage by stage; today it is quantize (check, compile, firmware and
-    # verify join as they land).
-    quantize(c, model=model, data=data, io_type=io_type, samples=samples, name=name, out=out,
-             verbose=verbose)
+    # The chain grows stage by stage: quantize -> check today (compile, firmware and verify
+    # join as they land). Exit 1 when the model is not deployable to --target.
+    result = quantize(c, model=model, data=data, io_type=io_type, samples=samples, name=name,
+                      out=out, verbose=verbose)
+    print()
+    checked = check(c, model=str(result.quantized_model), target=target, board=board, out=out)
+    if not checked.deployable:
+        raise Exit(f"not deployable to {target}: see {result.output_dir / 'report.md'}", code=1)
 
 
 @task(help={

@@ -20,7 +20,7 @@ def run_invoke(*args, cwd=ROOT, timeout=300):
 def test_list_shows_every_task_with_help():
     proc = run_invoke("--list")
     assert proc.returncode == 0, proc.stderr
-    for name in ("quantize", "deploy"):
+    for name in ("quantize", "check", "boards", "deploy"):
         line = next(l for l in proc.stdout.splitlines() if l.strip().startswith(name))
         assert len(line.split()) > 1, f"{name} has no one-line help"
 
@@ -77,6 +77,10 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
         {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text())
     assert report["quantize"]["evaluation"]["accuracy_drop_points"] <= 0.5
+    assert report["check"]["edgetpu"]["mapped_ops"] == report["check"]["edgetpu"]["total_ops"]
+    assert report["check"]["tflm"]["compatible"] and report["check"]["tflm"]["arena_bytes"] > 0
+    assert "## Compatibility (deployable to all)" in (out / "report.md").read_text()
+    assert "Mapped to Edge TPU" in proc.stdout
     # nothing but our outputs: no temp files left behind by the atomic writes
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
