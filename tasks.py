@@ -76,17 +76,22 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "out": "output root directory (default build)",
     "target": "edgetpu, tflm or all (default)",
     "board": "board preset for the TFLM fit (`invoke boards`)",
+    "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH; absent: skipped)",
     "verbose": "debug logging",
 })
 def deploy(c, model=None, data=None, io_type=None, samples=None, name=None, out=None, target="all",
-           board=None, verbose=False):
+           board=None, compiler=None, verbose=False):
     """Run the whole chain; with no arguments, on the built-in demo model."""
-    # The chain grows stage by stage: quantize -> check today (compile, firmware and verify
-    # join as they land). Exit 1 when the model is not deployable to --target.
+    # The chain grows stage by stage: quantize -> check -> compile (when the Edge TPU check
+    # passes; skipped without a compiler) today; firmware and verify join as they land.
+    # Exit 1 when the model is not deployable to --target.
     result = quantize(c, model=model, data=data, io_type=io_type, samples=samples, name=name,
                       out=out, verbose=verbose)
     print()
     checked = check(c, model=str(result.quantized_model), target=target, board=board, out=out)
+    if target in ("edgetpu", "all") and checked.edgetpu and checked.edgetpu.compatible:
+        print()
+        compile(c, model=str(result.quantized_model), compiler=compiler)
     if not checked.deployable:
         raise Exit(f"not deployable to {target}: see {result.output_dir / 'report.md'}", code=1)
 
@@ -117,6 +122,51 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     return result
 
 
+@task(help={
+    "model": "a .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
+    "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH)",
+    "timeout": "wall-clock limit for the compiler in seconds (default 600)",
+    "require": "exit 2 when no compiler is found instead of skipping",
+    "min_runtime_version": "oldest Edge TPU runtime the model must run on (-m)",
+    "num_segments": "split for pipelining across N Edge TPUs (-n)",
+    "intermediate_tensors": "comma-separated tensors where the Edge TPU part ends (-i)",
+    "enable_multiple_subgraphs": "allow several Edge TPU subgraphs (-a, experimental)",
+    "search_delegate": "on failure, retry with the cut moved earlier (-d, compiler 16)",
+    "delegate_search_step": "ops to step back per retry with --search-delegate (-k)",
+    "timeout_sec": "the compiler's own timeout (-t, compiler 16)",
+    "out": "output root for the demo (default build)",
+})
+def compile(c, model=None, compiler=None, timeout=None, require=False, min_runtime_version=None,
+            num_segments=None, intermediate_tensors=None, enable_multiple_subgraphs=False,
+            search_delegate=False, delegate_search_step=None, timeout_sec=None, out=None):
+    """Compile for the Edge TPU with edgetpu_compiler when installed; explain the result."""
+    from pipeline.check.run import resolve_model_path
+    from pipeline.compile import DEFAULT_WALL_TIMEOUT_S, CompileOptions, compile_edgetpu
+
+    _setup_logging(False)
+    cfg = c.config.get("pipeline", {})
+    ints = {k: _int_option(v, f"--{k.replace('_', '-')}") if v is not None else None for k, v in
+            dict(min_runtime_version=min_runtime_version, num_segments=num_segments,
+                 delegate_search_step=delegate_search_step, timeout_sec=timeout_sec).items()}
+    options = CompileOptions(intermediate_tensors=intermediate_tensors,
+                             enable_multiple_subgraphs=enable_multiple_subgraphs,
+                             search_delegate=search_delegate, **ints)
+    path = _run(resolve_model_path, model or cfg.get("model", DEFAULTS["model"]),
+                Path(out or cfg.get("out", DEFAULTS["out"])))
+    wall = _int_option(timeout, "--timeout") if timeout is not None else DEFAULT_WALL_TIMEOUT_S
+    result = _run(compile_edgetpu, path, compiler=compiler, options=options, wall_timeout_s=wall,
+                  require=require)
+    print(f"compile: {result.message}")
+    for line in result.explanations:
+        print(f"  {line}")
+    for d in result.comparison:
+        print(f"  prediction differs for {d['op']}: compiled {d['compiled_mapped']} mapped / "
+              f"{d['compiled_cpu']} CPU, predicted {d['predicted_mapped']} / {d['predicted_cpu']}")
+    if result.compiled:
+        print(f"  outputs   {result.output_dir}")
+    return result
+
+
 @task
 def boards(c):
     """List the board presets (flash, RAM, CPU) that --board accepts."""
@@ -127,5 +177,5 @@ def boards(c):
               f"RAM {b.ram_bytes // 1024:>5} KiB  {b.clock_mhz} MHz")
 
 
-ns = Collection(quantize, check, boards, deploy)
+ns = Collection(quantize, check, compile, boards, deploy)
 ns.configure({"pipeline": dict(DEFAULTS)})
