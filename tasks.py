@@ -167,6 +167,56 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     return result
 
 
+@task(help={
+    "model": "an int8 .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
+    "board": "board preset: flash/RAM fit and cross-compile flags (default qemu-mps2-an386)",
+    "out": "project directory (default: firmware/ next to the model)",
+    "vectors": "golden test vectors to embed (default 4)",
+    "tolerance": "accepted output difference in quantized steps (default 0: bit-exact)",
+    "data": "samples for the golden inputs (.npy/.npz/images/module:function)",
+    "build": "also build and run the self-test: on the host, and cross-compiled (under QEMU when possible)",
+    "tflm_tree": "TFLite Micro tree for --build (default $TFLM_TREE)",
+})
+def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, data=None, build=False,
+             tflm_tree=None):
+    """Render a TFLite Micro firmware project (CMake) that tests itself at boot."""
+    from pipeline.check.run import resolve_model_path
+    from pipeline.firmware import DEFAULT_VECTORS, build_and_verify, generate_firmware, tflm_tree_path
+
+    _setup_logging(False)
+    cfg = c.config.get("pipeline", {})
+    path = _run(resolve_model_path, model or cfg.get("model", DEFAULTS["model"]),
+                Path(cfg.get("out", DEFAULTS["out"])))
+    tree = _run(tflm_tree_path, tflm_tree) if build else None
+    if build and tree is None:
+        raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
+    result = _run(generate_firmware, path, out=Path(out) if out else None, board=board,
+                  vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS,
+                  tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0, data=data)
+    print(f"firmware: {result.output_dir} ({len(result.files)} files)")
+    print(f"  resolver  MicroMutableOpResolver<{len(result.resolver_methods)}>: {', '.join(result.resolver_methods)}")
+    print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured + margin)")
+    print(f"  vectors   {result.vectors} golden vectors, checked at boot")
+    if result.board:
+        b = result.board
+        print(f"  board     {b['name']}: flash {b['flash']['headroom_percent']}% free, RAM {b['ram']['headroom_percent']}% free")
+    if not build:
+        return result
+    result = _run(build_and_verify, path, result, tree, board=board, vectors=result.vectors,
+                  tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0, data=data)
+    failed = False
+    for run in result.builds.values():
+        line = run.get("selftest") or run.get("reason") or "built"
+        extra = f", flash {run['flash_bytes']} B" if run.get("flash_bytes") else ""
+        if run.get("smallest_arena_bytes"):
+            extra += f", smallest arena {run['smallest_arena_bytes']} B -> kTensorArenaSize {result.arena_bytes}"
+        print(f"  {run['kind']:<24} {line}{extra}")
+        failed |= bool(run.get("ran")) and not run.get("passed")
+    if failed:
+        raise Exit("error: the firmware self-test failed (see the lines above)", code=1)
+    return result
+
+
 @task
 def boards(c):
     """List the board presets (flash, RAM, CPU) that --board accepts."""
@@ -177,5 +227,5 @@ def boards(c):
               f"RAM {b.ram_bytes // 1024:>5} KiB  {b.clock_mhz} MHz")
 
 
-ns = Collection(quantize, check, compile, boards, deploy)
+ns = Collection(quantize, check, compile, firmware, boards, deploy)
 ns.configure({"pipeline": dict(DEFAULTS)})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotDeployableError, PipelineError
+from .fileio import replace_dir
 from .report import REPORT_JSON, update_report
 from .tflite_model import read_model
 
@@ -433,7 +434,7 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
         if result.device.get("present"):
             result.device.update(run_on_device(staging / Path(parsed.blocks[0].output_model).name, model_path))
         (staging / "compile.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -556,16 +557,6 @@ def _summary(result: CompileResult) -> str:
                      f"({model['edgetpu_custom_ops']} edgetpu-custom-op), "
                      f"{len(model['cpu_ops'])} on the CPU")
     return "; ".join(parts)
-
-
-def _replace_dir(staging: Path, final: Path) -> None:
-    """Swap the new outputs in whole: the old directory is moved aside, then removed."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _record(model_path: Path, result: CompileResult) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,25 @@ def check_writable(path: Path, *, option: str = "--out") -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: Path) -> Path:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask modes."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+    return path
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        public_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,3 +82,15 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Swap a fully written staging directory in for `final`: the old one is moved aside and
+    removed only after the new one is in place, so readers never see a half-written tree."""
+    old = final.with_name(f".{final.name}.old")
+    public_mode(staging)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,20 @@ def c_ident(name: str) -> str:
     return ident
 
 
+def c_string(text: str) -> str:
+    """Escape for the inside of a C string literal (octal escapes: no hex run-on)."""
+    out = []
+    for ch in str(text).encode("utf-8"):
+        c = chr(ch)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 32 <= ch < 127 and c != "?":  # "?" could start a trigraph
+            out.append(c)
+        else:
+            out.append(f"\\{ch:03o}")
+    return "".join(out)
+
+
 def _pct(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}%"
 
@@ -47,7 +61,7 @@ def environment():
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters.update(c_ident=c_ident, pct=_pct, human_bytes=_human_bytes)
+    env.filters.update(c_ident=c_ident, c_string=c_string, pct=_pct, human_bytes=_human_bytes)
     return env
 
 

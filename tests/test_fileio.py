@@ -37,3 +37,21 @@ def test_check_writable_names_the_option(tmp_path):
     with pytest.raises(PipelineError, match="cannot write the output directory") as info:
         check_writable(tmp_path / "file" / "sub", option="--out")
     assert info.value.field == "--out" and "--out" in info.value.fix
+
+
+def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
+    import os
+    import stat
+
+    from pipeline.fileio import replace_dir
+
+    old = os.umask(0o022)
+    try:
+        f = write_bytes_atomic(tmp_path / "model.tflite", b"x")
+        staging = tmp_path / "staging"
+        staging.mkdir(mode=0o700)
+        replace_dir(staging, tmp_path / "edgetpu")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "edgetpu").stat().st_mode) == 0o755

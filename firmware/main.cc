@@ -1,0 +1,126 @@
+// edge-deploy firmware skeleton (firmware/main.cc), copied into every generated project.
+// Edit the original in the edge-deploy repository, not the copy.
+//
+// At boot: load the model, register exactly its ops, allocate the measured arena, then run
+// every golden vector and compare with the outputs the TFLM Python interpreter computed on the
+// host. Prints one line per vector and "SELFTEST PASS n/n" or "SELFTEST FAIL k/n" (k failed).
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "board/board.h"
+#include "model_data.h"
+#include "model_ops.h"
+#include "model_settings.h"
+#include "test_vectors.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+namespace {
+
+alignas(16) uint8_t tensor_arena[model::kTensorArenaSize];
+
+// Largest absolute difference between an output tensor and its expected values.
+long MaxDifference(const TfLiteTensor* tensor, const void* expected, int elements, int* first_index) {
+  long worst = 0;
+  *first_index = -1;
+  for (int i = 0; i < elements; ++i) {
+    long got = 0;
+    long want = 0;
+    switch (tensor->type) {
+      case kTfLiteInt8:
+        got = tensor->data.int8[i];
+        want = static_cast<const int8_t*>(expected)[i];
+        break;
+      case kTfLiteUInt8:
+        got = tensor->data.uint8[i];
+        want = static_cast<const uint8_t*>(expected)[i];
+        break;
+      case kTfLiteInt16:
+        got = tensor->data.i16[i];
+        want = static_cast<const int16_t*>(expected)[i];
+        break;
+      case kTfLiteInt32:
+        got = tensor->data.i32[i];
+        want = static_cast<const int32_t*>(expected)[i];
+        break;
+      default:
+        return -1;  // float outputs are not produced by the deployable modes
+    }
+    const long diff = got > want ? got - want : want - got;
+    if (diff > worst) {
+      worst = diff;
+      if (*first_index < 0) *first_index = i;
+    }
+  }
+  return worst;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  board_init();
+  size_t arena_size = model::kTensorArenaSize;
+  // Host builds accept "--arena N" (N <= the compiled size) to probe the smallest arena.
+  if (argc == 3 && std::strcmp(argv[1], "--arena") == 0) {
+    const unsigned long asked = std::strtoul(argv[2], nullptr, 10);
+    if (asked > 0 && asked <= arena_size) arena_size = asked;
+  }
+
+  const tflite::Model* tfl_model = tflite::GetModel(g_model_data);
+  if (tfl_model->version() != TFLITE_SCHEMA_VERSION) {
+    std::printf("SELFTEST FAIL: model schema version %u, this TFLM supports %d\n",
+                static_cast<unsigned>(tfl_model->version()), TFLITE_SCHEMA_VERSION);
+    return board_exit(2);
+  }
+  static model::OpResolver resolver;
+  if (model::RegisterOps(resolver) != kTfLiteOk) {
+    std::printf("SELFTEST FAIL: op registration failed\n");
+    return board_exit(2);
+  }
+  static tflite::MicroInterpreter interpreter(tfl_model, resolver, tensor_arena, arena_size);
+  if (interpreter.AllocateTensors() != kTfLiteOk) {
+    std::printf("SELFTEST FAIL: AllocateTensors failed with a %u-byte arena\n",
+                static_cast<unsigned>(arena_size));
+    return board_exit(2);
+  }
+  std::printf("model %s: %u bytes, sha256 %s\n", model::kModelName, g_model_data_len, MODEL_DATA_SHA256);
+  std::printf("arena: %u of %u bytes used\n", static_cast<unsigned>(interpreter.arena_used_bytes()),
+              static_cast<unsigned>(arena_size));
+
+  int failed = 0;
+  for (int v = 0; v < model::kNumTestVectors; ++v) {
+    for (int i = 0; i < model::kNumInputs; ++i) {
+      TfLiteTensor* input = interpreter.input(i);
+      std::memcpy(input->data.raw, model::kTestInputs[v][i], model::kInputBytes[i]);
+    }
+    if (interpreter.Invoke() != kTfLiteOk) {
+      std::printf("vector %d (%s): FAIL invoke error\n", v, model::kTestVectorNames[v]);
+      ++failed;
+      continue;
+    }
+    long worst = 0;
+    bool ok = true;
+    for (int o = 0; o < model::kNumOutputs; ++o) {
+      int first = -1;
+      const long diff = MaxDifference(interpreter.output(o), model::kTestExpected[v][o],
+                                      model::kOutputElements[o], &first);
+      if (diff < 0 || diff > model::kTestTolerance) {
+        std::printf("vector %d (%s): FAIL output %d differs by %ld at element %d\n", v,
+                    model::kTestVectorNames[v], o, diff, first);
+        ok = false;
+      }
+      if (diff > worst) worst = diff;
+    }
+    if (ok) std::printf("vector %d (%s): PASS max diff %ld\n", v, model::kTestVectorNames[v], worst);
+    if (!ok) ++failed;
+  }
+  if (failed) {
+    std::printf("SELFTEST FAIL %d/%d\n", failed, model::kNumTestVectors);
+  } else {
+    std::printf("SELFTEST PASS %d/%d\n", model::kNumTestVectors, model::kNumTestVectors);
+  }
+  return board_exit(failed ? 1 : 0);
+}

@@ -1,0 +1,69 @@
+"""Run samples through the TFLM Python interpreter in a separate process.
+
+The interpreter can abort() the whole process, so it never runs inside the pipeline. Used for
+the firmware's golden outputs (the same library the device runs) and by verification.
+
+Worker protocol: `python -m pipeline.tflm_runner MODEL IN.npz OUT.npz ARENA OUTPUTS`; IN holds
+`input_<i>` arrays (N, ...) in the model's input dtypes, OUT gets `output_<i>` arrays.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PipelineError
+
+_TIMEOUT_S = 600
+
+
+def run_tflm(model_path: Path, inputs: list[np.ndarray], arena_bytes: int | None = None) -> list[np.ndarray]:
+    """Outputs per model output, each (N, ...), for N samples given per model input."""
+    from .tflite_model import read_model
+
+    outputs = len(read_model(model_path).main.outputs)
+    with tempfile.TemporaryDirectory(prefix="tflm-run-") as tmp:
+        src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
+        cmd = [sys.executable, "-m", "pipeline.tflm_runner", str(model_path), str(src), str(dst),
+               str(arena_bytes or 0), str(outputs)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S,
+                                  cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"the TFLM interpreter did not finish within {_TIMEOUT_S} s",
+                                path=model_path, field="tflm") from None
+        if proc.returncode != 0 or not dst.is_file():
+            from .check.tflm import _explain, _signal_name
+
+            raise PipelineError(f"the TFLM interpreter failed ({_signal_name(proc.returncode)}): "
+                                f"{_explain(proc.stderr)}", path=model_path, field="tflm",
+                                fix="run `invoke check` on the model to see which op is the problem")
+        with np.load(dst) as out:
+            return [out[f"output_{i}"] for i in range(len(out.files))]
+
+
+def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
+    from tflite_micro.python.tflite_micro import runtime
+
+    data = Path(model).read_bytes()
+    interp = runtime.Interpreter.from_bytes(data, arena_size=arena or None)
+    with np.load(src) as f:
+        inputs = [f[f"input_{i}"] for i in range(len(f.files))]
+    outputs: list[list[np.ndarray]] = [[] for _ in range(count)]
+    for n in range(len(inputs[0])):
+        for i, arr in enumerate(inputs):
+            interp.set_input(arr[n:n + 1], i)
+        interp.invoke()
+        for k in range(count):
+            outputs[k].append(np.array(interp.get_output(k))[0])
+    np.savez(dst, **{f"output_{k}": np.stack(v) for k, v in enumerate(outputs)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
