@@ -10,6 +10,11 @@ extern void __libc_init_array(void);
 void Reset_Handler(void);
 void Fault_Handler(void);
 
+/* Linked with -nostartfiles: provide what crti/crtn and crtbegin would. */
+void _init(void) {}
+void _fini(void) {}
+void* __dso_handle = 0;
+
 __attribute__((section(".isr_vector"), used)) void (*const g_vectors[16])(void) = {
     (void (*)(void))(&_estack), Reset_Handler, Fault_Handler, Fault_Handler, Fault_Handler,
     Fault_Handler, Fault_Handler, 0, 0, 0, 0, Fault_Handler, Fault_Handler, 0, Fault_Handler,
