@@ -5,20 +5,36 @@ exit codes (0 ok, 1 not deployable, 2 bad input or a failing tool). No heavy imp
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Program, task
 
+from pipeline import __version__
 from pipeline.errors import PipelineError
 
-DEFAULTS = {"model": "demo", "out": "build", "samples": 200}
+# Defaults of every setting a team may want to commit once: overridable in invoke.yaml
+# (pipeline: {target: tflm, board: ...}) and by INVOKE_PIPELINE_<KEY> environment variables.
+DEFAULTS = {"model": "demo", "out": "build", "samples": 200, "data": None, "eval_data": None,
+            "io_type": None, "name": None, "target": "all", "board": None, "compiler": None}
 
 
 def _setup_logging(verbose: bool) -> None:
+    if hasattr(signal, "SIGPIPE"):  # `invoke deploy | head` ends quietly, like any Unix tool
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s: %(message)s" if verbose else "%(message)s",
                         stream=sys.stderr, force=True)
+
+
+def _setting(c, key: str, value):
+    """A task option, else the collection's configuration (invoke.yaml, INVOKE_PIPELINE_*), else
+    the built-in default."""
+    if value is not None:
+        return value
+    return c.config.get("pipeline", {}).get(key, DEFAULTS[key])
 
 
 def _int_option(value, option: str) -> int:
@@ -55,11 +71,10 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     _setup_logging(verbose)
     from pipeline.quantize import QuantizeRequest, quantize as run_quantize
 
-    cfg = c.config.get("pipeline", {})
     request = QuantizeRequest(
-        model=model or cfg.get("model", DEFAULTS["model"]), data=data, eval_data=eval_data,
-        mode=mode, io_type=io_type, samples=_int_option(samples or cfg.get("samples", DEFAULTS["samples"]), "--samples"),
-        name=name, out=Path(out or cfg.get("out", DEFAULTS["out"])))
+        model=_setting(c, "model", model), data=data, eval_data=eval_data, mode=mode, io_type=io_type,
+        samples=_int_option(_setting(c, "samples", samples), "--samples"), name=name,
+        out=Path(_setting(c, "out", out)))
     result = _run(run_quantize, request)
     from pipeline.summary import quantize_summary
 
@@ -70,30 +85,35 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
 @task(help={
     "model": "Keras model (.keras, .h5), SavedModel directory, or 'demo' (default)",
     "data": "representative data (see `invoke --help quantize`)",
+    "eval_data": "labelled held-out data for the accuracy report",
     "io_type": "int8 (default) or uint8 model I/O",
     "samples": "representative samples (default 200)",
     "name": "output name (default: the model file's stem)",
     "out": "output root directory (default build)",
     "target": "edgetpu, tflm or all (default)",
-    "board": "board preset for the TFLM fit (`invoke boards`)",
+    "board": "board preset for the TFLM fit and the firmware (`invoke boards`)",
     "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH; absent: skipped)",
+    "force": "rerun every stage even when its inputs are unchanged",
     "verbose": "debug logging",
 })
-def deploy(c, model=None, data=None, io_type=None, samples=None, name=None, out=None, target="all",
-           board=None, compiler=None, verbose=False):
-    """Run the whole chain; with no arguments, on the built-in demo model."""
-    # The chain grows stage by stage: quantize -> check -> compile (when the Edge TPU check
-    # passes; skipped without a compiler) today; firmware and verify join as they land.
-    # Exit 1 when the model is not deployable to --target.
-    result = quantize(c, model=model, data=data, io_type=io_type, samples=samples, name=name,
-                      out=out, verbose=verbose)
+def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None, name=None, out=None,
+           target=None, board=None, compiler=None, force=False, verbose=False):
+    """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
+    _setup_logging(verbose)
+    from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
+    from pipeline.summary import deploy_summary, stage_line
+
+    request = DeployRequest(
+        model=_setting(c, "model", model), data=_setting(c, "data", data),
+        eval_data=_setting(c, "eval_data", eval_data), io_type=_setting(c, "io_type", io_type),
+        samples=_int_option(_setting(c, "samples", samples), "--samples"), name=_setting(c, "name", name),
+        out=Path(_setting(c, "out", out)), target=_setting(c, "target", target),
+        board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler), force=force)
+    result = _run(run_deploy, request, on_stage=lambda run: print(stage_line(run), flush=True))
     print()
-    checked = check(c, model=str(result.quantized_model), target=target, board=board, out=out)
-    if target in ("edgetpu", "all") and checked.edgetpu and checked.edgetpu.compatible:
-        print()
-        compile(c, model=str(result.quantized_model), compiler=compiler)
-    if not checked.deployable:
-        raise Exit(f"not deployable to {target}: see {result.output_dir / 'report.md'}", code=1)
+    print(deploy_summary(result))
+    _run(raise_if_not_deployable, result)
+    return result
 
 
 @task(help={
@@ -113,9 +133,8 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     from pipeline.check.run import check as run_check, format_table
 
     _setup_logging(False)
-    cfg = c.config.get("pipeline", {})
-    result = _run(run_check, model or cfg.get("model", DEFAULTS["model"]), target=target, board=board,
-                  out=Path(out or cfg.get("out", DEFAULTS["out"])), run_interpreter=not no_interpreter)
+    result = _run(run_check, _setting(c, "model", model), target=target, board=board,
+                  out=Path(_setting(c, "out", out)), run_interpreter=not no_interpreter)
     print(json_module.dumps(result.to_json()) if json else format_table(result))
     if strict and not result.deployable:
         raise Exit(code=1)
@@ -144,15 +163,13 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     from pipeline.compile import DEFAULT_WALL_TIMEOUT_S, CompileOptions, compile_edgetpu
 
     _setup_logging(False)
-    cfg = c.config.get("pipeline", {})
     ints = {k: _int_option(v, f"--{k.replace('_', '-')}") if v is not None else None for k, v in
             dict(min_runtime_version=min_runtime_version, num_segments=num_segments,
                  delegate_search_step=delegate_search_step, timeout_sec=timeout_sec).items()}
     options = CompileOptions(intermediate_tensors=intermediate_tensors,
                              enable_multiple_subgraphs=enable_multiple_subgraphs,
                              search_delegate=search_delegate, **ints)
-    path = _run(resolve_model_path, model or cfg.get("model", DEFAULTS["model"]),
-                Path(out or cfg.get("out", DEFAULTS["out"])))
+    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", out)))
     wall = _int_option(timeout, "--timeout") if timeout is not None else DEFAULT_WALL_TIMEOUT_S
     result = _run(compile_edgetpu, path, compiler=compiler, options=options, wall_timeout_s=wall,
                   require=require)
@@ -184,9 +201,7 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
     from pipeline.firmware import DEFAULT_VECTORS, build_and_verify, generate_firmware, tflm_tree_path
 
     _setup_logging(False)
-    cfg = c.config.get("pipeline", {})
-    path = _run(resolve_model_path, model or cfg.get("model", DEFAULTS["model"]),
-                Path(cfg.get("out", DEFAULTS["out"])))
+    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
     tree = _run(tflm_tree_path, tflm_tree) if build else None
     if build and tree is None:
         raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
@@ -229,3 +244,22 @@ def boards(c):
 
 ns = Collection(quantize, check, compile, firmware, boards, deploy)
 ns.configure({"pipeline": dict(DEFAULTS)})
+
+
+class ProjectProgram(Program):
+    """`edge-deploy`: the same tasks for users who keep no tasks.py. Invoke only looks for a
+    project invoke.yaml next to a discovered tasks.py; here it is read from the current
+    directory, so a team's committed deploy settings apply either way."""
+
+    def run(self, argv=None, exit: bool = True) -> None:
+        if hasattr(signal, "SIGPIPE"):
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        super().run(argv, exit)
+
+    def update_config(self, merge: bool = True) -> None:
+        self.config.set_project_location(os.getcwd())
+        self.config.load_project(merge=False)
+        super().update_config(merge)
+
+
+program = ProjectProgram(namespace=ns, version=__version__, name="edge-deploy", binary="edge-deploy")

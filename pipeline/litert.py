@@ -60,20 +60,27 @@ class LiteRTModel:
             return self._run(samples)
 
     def _run(self, samples: SampleSet) -> list[np.ndarray]:
+        from .progress import Progress
+
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in sorted(self.output_details)}
-        for i in range(samples.count):
-            feed = {}
-            for name, arr in samples.batch(i).items():
-                d = self.input_details[name]
-                if np.issubdtype(d["dtype"], np.integer):
-                    scale, zp = d["quantization"]
-                    arr = quantize_array(arr, d["dtype"], scale, zp)
-                feed[name] = arr.astype(d["dtype"], copy=False)
-            result = self.runner(**feed)
-            for name in outputs:
-                y = result[name]
-                d = self.output_details[name]
-                if np.issubdtype(d["dtype"], np.integer):
-                    y = dequantize_array(y, *d["quantization"])
-                outputs[name].append(np.asarray(y, dtype=np.float32)[0])
+        with Progress(f"evaluating {samples.count} samples", samples.count) as progress:
+            for i in range(samples.count):
+                self._run_one(samples, i, outputs)
+                progress.advance()
         return [np.stack(v) for v in outputs.values()]
+
+    def _run_one(self, samples: SampleSet, i: int, outputs: dict[str, list[np.ndarray]]) -> None:
+        feed = {}
+        for name, arr in samples.batch(i).items():
+            d = self.input_details[name]
+            if np.issubdtype(d["dtype"], np.integer):
+                scale, zp = d["quantization"]
+                arr = quantize_array(arr, d["dtype"], scale, zp)
+            feed[name] = arr.astype(d["dtype"], copy=False)
+        result = self.runner(**feed)
+        for name in outputs:
+            y = result[name]
+            d = self.output_details[name]
+            if np.issubdtype(d["dtype"], np.integer):
+                y = dequantize_array(y, *d["quantization"])
+            outputs[name].append(np.asarray(y, dtype=np.float32)[0])

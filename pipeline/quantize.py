@@ -230,8 +230,12 @@ def _convert(tf, saved: Path, mode: str, *, source: ModelSource, io_type: str | 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if calibration is not None:
         def representative_dataset():
-            for i in range(calibration.count):
-                yield calibration.batch(i)
+            from .progress import Progress
+
+            with Progress(f"calibrating on {calibration.count} samples", calibration.count) as progress:
+                for i in range(calibration.count):
+                    yield calibration.batch(i)
+                    progress.advance()
 
         converter.representative_dataset = representative_dataset
     if mode == "int8":

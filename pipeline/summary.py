@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .model import QuantizeResult
 
 
@@ -26,3 +28,59 @@ def quantize_summary(r: QuantizeResult) -> str:
                      f"{e.max_abs_error:.4f}")
     lines.append(f"  report    {r.output_dir / 'report.md'}")
     return "\n".join(lines)
+
+
+def stage_line(run) -> str:
+    note = f" ({run.note})" if run.note else ""
+    return f"{run.name:<9} {run.status:<15} {run.seconds:7.2f} s{note}"
+
+
+def deploy_summary(result) -> str:
+    """What was produced where, and the numbers a CI log or a rig needs at a glance."""
+    out = result.output_dir
+    q = (result.stage("quantize").result if result.stage("quantize") else {}) or {}
+    c = (result.stage("check").result if result.stage("check") else {}) or {}
+    k = (result.stage("compile").result if result.stage("compile") else {}) or {}
+    f = (result.stage("firmware").result if result.stage("firmware") else {}) or {}
+    lines = [f"deploy {result.name} (target {result.target}): "
+             f"{'DEPLOYABLE' if result.deployable else 'NOT deployable'}"]
+    if q:
+        files = q["files"]
+        lines.append(f"  model      {out / files['quantized']['path']}: {files['quantized']['bytes']} B "
+                     f"({q['size_ratio']:.3f}x of float)")
+        e = q.get("evaluation") or {}
+        if e.get("labelled"):
+            lines.append(f"  accuracy   float {100 * e['float_accuracy']:.2f}% -> int8 "
+                         f"{100 * e['quantized_accuracy']:.2f}% on {e['samples']} samples of {e['source']}")
+        elif e:
+            lines.append(f"  agreement  top-1 {100 * e['top1_agreement']:.2f}% float vs int8 on {e['samples']} samples")
+    if c.get("edgetpu"):
+        e = c["edgetpu"]
+        compiled = _compiled_line(k)
+        lines.append(f"  Edge TPU   {e['mapped_ops']}/{e['total_ops']} ops mapped (predicted){compiled}")
+    if c.get("tflm"):
+        t = c["tflm"]
+        lines.append(f"  TFLM       {'runs' if t['compatible'] else 'does NOT run'}; "
+                     f"arena {t['arena_bytes']} B measured" if t["arena_bytes"] else
+                     f"  TFLM       {'runs' if t['compatible'] else 'does NOT run'}")
+    if c.get("board"):
+        b = c["board"]
+        lines.append(f"  board      {b['name']}: flash {b['flash']['headroom_percent']}% free, "
+                     f"RAM {b['ram']['headroom_percent']}% free")
+    if f:
+        lines.append(f"  firmware   {out / f['output_dir']}/ ({len(f['files'])} files, arena {f['arena_bytes']} B, "
+                     f"{f['test_vectors']} golden vectors)")
+    lines.append("  verify     not run: host/device verification is not built yet")
+    for reason in result.reasons:
+        lines.append(f"  why        {reason}")
+    lines.append(f"  report     {out / 'report.md'}")
+    return "\n".join(lines)
+
+
+def _compiled_line(k: dict[str, Any]) -> str:
+    if not k:
+        return ""
+    if not k.get("compiled"):
+        return "; not compiled (no edgetpu_compiler)"
+    models = k.get("compiled_models") or [{}]
+    return f"; compiled: {models[0].get('mapped_ops')} mapped by edgetpu_compiler {k.get('compiler_version')}"

@@ -26,6 +26,17 @@ def import_tensorflow():
     return tf
 
 
+_real_stderr = None
+
+
+def real_stderr():
+    """The terminal's stderr even while `captured_stderr` redirects fd 2 (for progress)."""
+    global _real_stderr
+    if _real_stderr is None:
+        _real_stderr = os.fdopen(os.dup(2), "w", buffering=1, closefd=True)
+    return _real_stderr
+
+
 class CapturedOutput:
     text: str = ""
 
@@ -34,6 +45,7 @@ class CapturedOutput:
 def captured_stderr() -> Iterator[CapturedOutput]:
     """Redirect fd 2 (C++ and Python writers alike) into a buffer for the duration."""
     result = CapturedOutput()
+    real_stderr()  # take a handle on the real stream before fd 2 is redirected
     with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         saved = os.dup(2)

@@ -89,6 +89,15 @@ def test_interpreter_abort_is_a_clear_error(tmp_path):
     assert not r.compatible and r.interpreter_ran is False
     assert "crashed (SIGABRT)" in r.interpreter_error
     assert "SOFTMAX (op 0)" in r.interpreter_error and "1e-30" in r.interpreter_error
+    assert not r.ops[0].supported and "aborts" in r.ops[0].reason  # said before anything runs
+
+
+def test_softmax_abort_threshold_from_the_kernel_source(tmp_path):
+    """beta x scale x 2^26 must exceed 1: 2e-8 runs, 1e-8 aborts (as the interpreter confirms)."""
+    ok = run(tmp_path, softmax(2e-8))
+    assert ok.compatible and ok.interpreter_ran
+    bad = run(tmp_path, softmax(1e-8))
+    assert not bad.compatible and bad.interpreter_ran is False and "SIGABRT" in bad.interpreter_error
 
 
 def test_kernel_refusal_is_reported_with_the_node(tmp_path):

@@ -70,7 +70,10 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
     # A fresh project directory: the user's own tasks file is ours, run from the checkout.
     proc = run_invoke("deploy", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert "quantize (int8)" in proc.stdout and "accuracy" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert [l.split()[:2] for l in lines[:4]] == [["quantize", "ran"], ["check", "ran"],
+                                                   ["compile", "no"], ["firmware", "ran"]]
+    assert "deploy demo (target all): DEPLOYABLE" in proc.stdout and "accuracy   float" in proc.stdout
     assert "Traceback" not in proc.stderr
     out = tmp_path / "demo"
     assert {"model_float.tflite", "model_int8.tflite", "report.json", "report.md"} <= \
@@ -80,9 +83,13 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
     assert report["check"]["edgetpu"]["mapped_ops"] == report["check"]["edgetpu"]["total_ops"]
     assert report["check"]["tflm"]["compatible"] and report["check"]["tflm"]["arena_bytes"] > 0
     assert "## Compatibility (deployable to all)" in (out / "report.md").read_text()
-    assert "Mapped to Edge TPU" in proc.stdout
+    assert "Edge TPU   7/7 ops mapped (predicted)" in proc.stdout
     # nothing but our outputs: no temp files left behind by the atomic writes
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    leftovers = [p for p in out.rglob(".*") if p.name.endswith(".tmp") or "staging" in p.name or
+                 p.name.endswith(".old")]
+    assert leftovers == []
+    assert sorted(p.name for p in (out / ".stages").iterdir()) == [
+        "check.json", "firmware.json", "quantize.json"]
 
 
 @pytest.mark.parametrize("option", ["--mode", "--io-type"])

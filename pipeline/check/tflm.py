@@ -80,6 +80,25 @@ def _main_input_dtype(model: TFLiteModel, op: Operator) -> str | None:
     return None
 
 
+# Kernel preconditions TFLM enforces with TFLITE_CHECK, i.e. by abort() rather than an error:
+# found by reading the kernels at the pinned commit (tflm_ops.json), each with its source.
+def _softmax_scale_aborts(model: TFLiteModel, op: Operator) -> str | None:
+    """kernels/softmax_common.cc -> PreprocessSoftmaxScaling -> QuantizeMultiplierGreaterThanOne:
+    TFLITE_CHECK_GT(beta * input_scale * 2^26, 1) for int8/uint8 input (kScaledDiffIntegerBits 5)."""
+    t = model.main.tensors[op.inputs[0]]
+    if t.dtype not in ("int8", "uint8") or t.scale is None:
+        return None
+    multiplier = float(op.options.get("Beta", 1.0)) * t.scale * (1 << 26)
+    if multiplier > 1.0:
+        return None
+    return (f"TFLM's softmax aborts the program when beta x input scale x 2^26 <= 1 (here {multiplier:.3g}: "
+            f"input scale {t.scale:.3g}); the logits barely vary on the calibration data: check the data "
+            "and the training, or end the model at the logits")
+
+
+KERNEL_ABORTS = {"SOFTMAX": _softmax_scale_aborts}
+
+
 def _verdict(model: TFLiteModel, op: Operator) -> TFLMOpVerdict:
     entry = table()["ops"].get(op.op)
     if entry is None:
@@ -96,6 +115,8 @@ def _verdict(model: TFLiteModel, op: Operator) -> TFLMOpVerdict:
         return TFLMOpVerdict(op.index, op.op, ok, method,
                              "uint8 data" if ok else f"TFLM has no uint8 {op.op} kernel: quantize with --io-type int8")
     support = entry.get(dtype) if dtype else True
+    if op.op in KERNEL_ABORTS and (aborts := KERNEL_ABORTS[op.op](model, op)):
+        return TFLMOpVerdict(op.index, op.op, False, method, aborts)
     if support is False:
         return TFLMOpVerdict(op.index, op.op, False, method,
                              f"the reference {op.op} kernel rejects {dtype} input")
@@ -210,9 +231,12 @@ def check_tflm(model: TFLiteModel, model_path: Path | None, *, run_interpreter: 
     if run_interpreter and model_path is not None and problem is None:
         ran, arena, error = probe_interpreter(model_path, len(model.main.inputs))
         arena = round_arena(arena) if arena else None
-        suspects = unrepresentable_quantization(model) if error and "crashed" in error else []
-        if suspects:
-            error += f"; likely cause: {'; '.join(suspects)} cannot be represented in fixed point"
+        suspects = [f"{v.op} (op {v.index}): {v.reason}" for v in verdicts
+                    if not v.supported and v.op in KERNEL_ABORTS and "aborts" in v.reason]
+        if error and "crashed" in error and not suspects:
+            suspects = unrepresentable_quantization(model)
+        if error and "crashed" in error and suspects:
+            error += f"; likely cause: {'; '.join(suspects)}"
     compatible = problem is None and all(v.supported for v in verdicts) and ran is not False
     return TFLMReport(compatible=compatible, ops=tuple(verdicts), resolver_methods=methods,
                       interpreter_ran=ran, interpreter_error=error, arena_bytes=arena,

@@ -1,0 +1,183 @@
+"""`invoke deploy`: the chain per target, stage caching and --force, an interrupted run, a
+missing compiler, a failing check, bad input, configuration, and the report's JSON contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, invoke_cmd
+from pipeline.deploy import DeployRequest, content_hash, deploy, raise_if_not_deployable
+from pipeline.errors import NotDeployableError, PipelineError
+
+
+@pytest.fixture(scope="module")
+def deployed(demo_int8, tmp_path_factory):
+    """One demo deploy into an output root that shares the session's trained demo model."""
+    out = tmp_path_factory.mktemp("deploy")
+    shutil.copytree(demo_int8.output_dir.parent / ".cache", out / ".cache")
+    result = deploy(DeployRequest(out=out), on_stage=lambda run: None)
+    return out, result
+
+
+def statuses(result):
+    return {s.name: s.status for s in result.stages}
+
+
+def test_demo_deploy_all_targets(deployed):
+    out, result = deployed
+    assert statuses(result) == {"quantize": "ran", "check": "ran", "compile": "no compiler", "firmware": "ran"}
+    assert result.deployable and result.reasons == []
+    d = out / "demo"
+    for f in ("model_int8.tflite", "report.json", "report.md", "edgetpu_partition.svg", "firmware/model_data.cc"):
+        assert (d / f).is_file(), f
+
+
+def test_report_json_contract(deployed):
+    out, _ = deployed
+    report = json.loads((out / "demo" / "report.json").read_text())
+    assert {"model", "quantize", "check", "compile", "firmware", "deploy"} <= set(report)
+    assert report["deploy"]["deployable"] is True and report["deploy"]["target"] == "all"
+    for stage in ("quantize", "check", "compile", "firmware"):
+        assert set(report["deploy"]["stages"][stage]) == {"status", "note"}
+    e = report["check"]["edgetpu"]
+    assert {"compatible", "total_ops", "mapped_ops", "cut_at", "ops"} <= set(e)
+    assert report["compile"]["compiled"] is False
+    assert report["firmware"]["arena_bytes"] % 16 == 0
+    svg = (out / "demo" / "edgetpu_partition.svg").read_text()
+    assert svg.count("<rect") == e["total_ops"] and "7/7 mapped" in svg
+
+
+def test_second_run_skips_every_stage(deployed):
+    out, _ = deployed
+    again = deploy(DeployRequest(out=out))
+    assert statuses(again) == {"quantize": "skipped", "check": "skipped", "compile": "no compiler",
+                               "firmware": "skipped"}
+    assert again.deployable
+
+
+def test_force_reruns_and_a_removed_output_is_rebuilt(deployed):
+    out, _ = deployed
+    report_before = (out / "demo" / "report.json").read_bytes()
+    md_before = (out / "demo" / "report.md").read_bytes()
+    forced = deploy(DeployRequest(out=out, force=True))
+    assert statuses(forced)["quantize"] == "ran" and statuses(forced)["firmware"] == "ran"
+    # a full rerun regenerates the same bytes: no timestamps or timings in generated files
+    assert (out / "demo" / "report.json").read_bytes() == report_before
+    assert (out / "demo" / "report.md").read_bytes() == md_before
+    (out / "demo" / "firmware" / "main.cc").unlink()
+    again = deploy(DeployRequest(out=out))
+    assert statuses(again)["firmware"] == "ran" and statuses(again)["quantize"] == "skipped"
+    assert (out / "demo" / "firmware" / "main.cc").is_file()
+
+
+def test_each_target(deployed):
+    out, _ = deployed
+    edgetpu = deploy(DeployRequest(out=out, target="edgetpu"))
+    assert statuses(edgetpu) == {"quantize": "skipped", "check": "ran", "compile": "no compiler",
+                                 "firmware": "not applicable"}
+    tflm = deploy(DeployRequest(out=out, target="tflm", board="arduino-nano-33-ble-sense"))
+    assert statuses(tflm) == {"quantize": "skipped", "check": "ran", "compile": "not applicable",
+                              "firmware": "ran"}
+    report = json.loads((out / "demo" / "report.json").read_text())
+    assert report["check"]["board"]["board"] == "arduino-nano-33-ble-sense"
+
+
+def test_changed_data_reruns_quantize_and_an_interrupt_keeps_the_previous_outputs(deployed, monkeypatch):
+    out, _ = deployed
+    model = out / "demo" / "model_int8.tflite"
+    before = model.read_bytes()
+    record = (out / "demo" / ".stages" / "quantize.json").read_bytes()
+    from pipeline import demo
+
+    data = out / "cal.npy"
+    np.save(data, demo.digits_split().x_calibration[:100])
+
+    def interrupted(request):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipeline.quantize.quantize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        deploy(DeployRequest(out=out, data=str(data)))
+    assert model.read_bytes() == before, "the previous good model is intact"
+    assert (out / "demo" / ".stages" / "quantize.json").read_bytes() == record
+    monkeypatch.undo()
+    rerun = deploy(DeployRequest(out=out, data=str(data)))
+    assert statuses(rerun)["quantize"] == "ran"  # the new data is used, not the old record
+
+
+def test_unsupported_model_is_not_deployable(run_quantize, tmp_path):
+    """LEAKY_RELU cuts the Edge TPU graph: deploy --target edgetpu is exit 1 with the reason."""
+    import keras
+
+    from pipeline.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.LeakyReLU(0.1),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.save(tmp_path / "leaky.keras")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((20, 8, 8, 1), dtype=np.float32))
+    result = deploy(DeployRequest(model=str(tmp_path / "leaky.keras"), data=str(tmp_path / "cal.npy"),
+                                  out=tmp_path / "out", target="edgetpu"))
+    assert not result.deployable and "Edge TPU: 1/4 ops mapped" in result.reasons[0]
+    assert statuses(result)["compile"] == "not applicable"
+    with pytest.raises(NotDeployableError) as info:
+        raise_if_not_deployable(result)
+    assert info.value.exit_code == 1
+
+
+@pytest.mark.parametrize("kwargs,match", [({"target": "gpu"}, "unknown target 'gpu'"),
+                                          ({"board": "uno"}, "unknown board 'uno'"),
+                                          ({"model": "missing.keras"}, "no such file"),
+                                          ({"io_type": "int4"}, "unsupported model I/O type")])
+def test_bad_input_is_exit_2_and_writes_nothing(tmp_path, kwargs, match):
+    with pytest.raises(PipelineError, match=match) as info:
+        deploy(DeployRequest(out=tmp_path / "out", **kwargs))
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_content_hash_tracks_files_dirs_and_modules(tmp_path):
+    (tmp_path / "a.npy").write_bytes(b"1")
+    h1 = content_hash(tmp_path / "a.npy")
+    (tmp_path / "a.npy").write_bytes(b"2")
+    assert content_hash(tmp_path / "a.npy") != h1
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "x.png").write_bytes(b"x")
+    h2 = content_hash(d)
+    (d / "y.png").write_bytes(b"y")
+    assert content_hash(d) != h2
+    assert content_hash("json:loads").startswith("json:loads:")  # the module's source
+    assert content_hash(None) is None
+
+
+def test_invoke_deploy_end_to_end_with_environment_configuration(deployed):
+    out, _ = deployed
+    env = {**os.environ, "INVOKE_PIPELINE_TARGET": "tflm", "INVOKE_PIPELINE_OUT": str(out)}
+    proc = subprocess.run(invoke_cmd() + ["deploy"], cwd=ROOT, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "deploy demo (target tflm): DEPLOYABLE" in proc.stdout
+    assert "compile   not applicable" in proc.stdout
+    bad = subprocess.run(invoke_cmd() + ["deploy", "--target", "gpu"], cwd=ROOT, capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_installed_command_reads_invoke_yaml_from_the_project(deployed, tmp_path):
+    out, _ = deployed
+    exe = shutil.which("edge-deploy", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("edge-deploy is not installed in this environment (pip install -e .)")
+    (tmp_path / "invoke.yaml").write_text(f"pipeline:\n  target: edgetpu\n  out: {out}\n")
+    proc = subprocess.run([exe, "deploy"], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "target edgetpu" in proc.stdout and "firmware  not applicable" in proc.stdout
