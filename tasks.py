@@ -44,6 +44,15 @@ def _int_option(value, option: str) -> int:
         raise Exit(f"error: {option}: expected a whole number, got '{value}'", code=2) from None
 
 
+def _float_option(value, option: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise Exit(f"error: {option}: expected a number, got '{value}'", code=2) from None
+
+
 def _run(fn, *args, **kwargs):
     """Call the library; a PipelineError becomes one line on stderr and its exit code."""
     try:
@@ -232,6 +241,34 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
     return result
 
 
+@task(help={
+    "model": "an int8 .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
+    "data": "samples (.npz with labels as 'y', image class folders, .npy, module:function; demo: its test split)",
+    "samples": "how many samples to run (default 200)",
+    "max_lsb": "allowed int8 difference between LiteRT and TFLM, in quantized steps (default 0)",
+    "min_agreement": "minimum float-vs-int8 top-1 agreement, 0..1 (default 0.95)",
+    "max_drop": "maximum accuracy drop float -> int8, in points (default 1.0)",
+})
+def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=None, max_drop=None):
+    """Run the model on the host interpreters (LiteRT, TFLM) and compare with the float model."""
+    from pipeline.check.run import resolve_model_path
+    from pipeline.summary import verify_summary
+    from pipeline.verify import DEFAULT_SAMPLES, Thresholds, raise_if_failed, verify as run_verify
+
+    _setup_logging(False)
+    defaults = Thresholds()
+    thresholds = Thresholds(
+        max_lsb_litert_vs_tflm=_int_option(max_lsb, "--max-lsb") if max_lsb is not None else defaults.max_lsb_litert_vs_tflm,
+        min_top1_agreement=_float_option(min_agreement, "--min-agreement", defaults.min_top1_agreement),
+        max_accuracy_drop_points=_float_option(max_drop, "--max-drop", defaults.max_accuracy_drop_points))
+    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    result = _run(run_verify, path, data=data, thresholds=thresholds,
+                  samples=_int_option(samples, "--samples") if samples else DEFAULT_SAMPLES)
+    print(verify_summary(result))
+    _run(raise_if_failed, result)
+    return result
+
+
 @task
 def boards(c):
     """List the board presets (flash, RAM, CPU) that --board accepts."""
@@ -242,7 +279,7 @@ def boards(c):
               f"RAM {b.ram_bytes // 1024:>5} KiB  {b.clock_mhz} MHz")
 
 
-ns = Collection(quantize, check, compile, firmware, boards, deploy)
+ns = Collection(quantize, check, compile, firmware, verify, boards, deploy)
 ns.configure({"pipeline": dict(DEFAULTS)})
 
 

@@ -1,5 +1,5 @@
-"""`invoke deploy`: quantize -> check -> compile -> firmware, skipping every stage whose inputs
-are unchanged.
+"""`invoke deploy`: quantize -> check -> compile -> firmware -> verify, skipping every stage
+whose inputs are unchanged.
 
 A stage's key is a hash of what decides its result: the content of its input files, the
 options that matter, the versions of the tools and fact tables involved. After a stage has
@@ -246,7 +246,17 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
         done(StageRun("firmware", "not applicable", 0.0,
                       "target is edgetpu" if req.target == "edgetpu" else "the TFLM check failed"))
 
+    # verify: the host interpreters stand in for the hardware
+    from .verify import verify
+
+    key = _key("verify", model=model_hash, data=content_hash(req.eval_data or req.data),
+               float=content_hash(out_dir / "model_float.tflite"),
+               tools=[_package_version("ai-edge-litert"), _package_version("tflite-micro")])
+    verified = done(_run_stage(out_dir, "verify", key, req.force, [],
+                               lambda: verify(model_path, data=req.eval_data or req.data).to_json())).result
+
     reasons = _not_deployable_reasons(checked, req.target)
+    reasons += [f"verify: {c['check']}: {c['detail']}" for c in verified.get("checks", []) if not c["passed"]]
     result = DeployResult(name=name, output_dir=out_dir, target=req.target, stages=runs,
                           deployable=not reasons, reasons=reasons)
     _write_report(out_dir, name, result, read_report(out_dir))

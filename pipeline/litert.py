@@ -33,9 +33,12 @@ def dequantize_array(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray
 
 
 class LiteRTModel:
-    def __init__(self, model_content: bytes, source: str = "model"):
+    """`delegates=False` runs TFLite's built-in kernels without the default XNNPACK delegate:
+    those match TFLite Micro bit for bit, XNNPACK's int8 kernels can differ by a few LSB."""
+
+    def __init__(self, model_content: bytes, source: str = "model", delegates: bool = True):
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError:
             raise PipelineError("the LiteRT interpreter is not installed", field="ai-edge-litert",
                                 fix="pip install ai-edge-litert") from None
@@ -43,21 +46,55 @@ class LiteRTModel:
 
         try:
             with captured_stderr():  # "Created TensorFlow Lite XNNPACK delegate" and friends
-                self.interpreter = Interpreter(model_content=model_content, num_threads=1)
-                runner = self.interpreter.get_signature_runner()
+                resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                self.interpreter = Interpreter(model_content=model_content, num_threads=1,
+                                               experimental_op_resolver_type=resolver)
+                if self.interpreter.get_signature_list():
+                    runner = self.interpreter.get_signature_runner()
+                else:  # models without signatures: key I/O by tensor name, as the reader does
+                    runner = _TensorNameRunner(self.interpreter)
         except (ValueError, RuntimeError) as exc:
             raise PipelineError(f"LiteRT cannot load the model: {exc}", path=source) from None
         self.runner = runner
         details = runner.get_input_details()
         self.input_details = details
         self.output_details = runner.get_output_details()
+        self._raw = False
 
-    def run(self, samples: SampleSet) -> list[np.ndarray]:
-        """Outputs per signature output (in name order), each (N, ...) float32."""
+    def run(self, samples: SampleSet, raw: bool = False) -> list[np.ndarray]:
+        """Outputs per signature output (in name order), each (N, ...): float32 real values, or
+        with `raw` the tensors as the model produced them (quantized integers)."""
+        self._raw = raw
         from .tf_runtime import captured_stderr
 
         with captured_stderr():  # XNNPACK announces itself on the first invoke
             return self._run(samples)
+
+    def output_names(self) -> list[str]:
+        return sorted(self.output_details)
+
+    def median_latency_ms(self, samples: SampleSet, runs: int = 20) -> float:
+        """Median wall time of one inference on the first sample (after one warm-up)."""
+        import time
+
+        feed = self._feed(samples, 0)
+        self.runner(**feed)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.runner(**feed)
+            times.append(time.perf_counter() - start)
+        return round(1000 * float(np.median(times)), 4)
+
+    def _feed(self, samples: SampleSet, i: int) -> dict[str, np.ndarray]:
+        feed = {}
+        for name, arr in samples.batch(i).items():
+            d = self.input_details[name]
+            if np.issubdtype(d["dtype"], np.integer):
+                scale, zp = d["quantization"]
+                arr = quantize_array(arr, d["dtype"], scale, zp)
+            feed[name] = arr.astype(d["dtype"], copy=False)
+        return feed
 
     def _run(self, samples: SampleSet) -> list[np.ndarray]:
         from .progress import Progress
@@ -70,17 +107,35 @@ class LiteRTModel:
         return [np.stack(v) for v in outputs.values()]
 
     def _run_one(self, samples: SampleSet, i: int, outputs: dict[str, list[np.ndarray]]) -> None:
-        feed = {}
-        for name, arr in samples.batch(i).items():
-            d = self.input_details[name]
-            if np.issubdtype(d["dtype"], np.integer):
-                scale, zp = d["quantization"]
-                arr = quantize_array(arr, d["dtype"], scale, zp)
-            feed[name] = arr.astype(d["dtype"], copy=False)
-        result = self.runner(**feed)
+        result = self.runner(**self._feed(samples, i))
         for name in outputs:
             y = result[name]
             d = self.output_details[name]
+            if self._raw:
+                outputs[name].append(np.asarray(y)[0])
+                continue
             if np.issubdtype(d["dtype"], np.integer):
                 y = dequantize_array(y, *d["quantization"])
             outputs[name].append(np.asarray(y, dtype=np.float32)[0])
+
+
+class _TensorNameRunner:
+    """The signature-runner interface over plain tensor indices."""
+
+    def __init__(self, interpreter):
+        interpreter.allocate_tensors()
+        self.interpreter = interpreter
+        self.inputs = {d["name"]: d for d in interpreter.get_input_details()}
+        self.outputs = {d["name"]: d for d in interpreter.get_output_details()}
+
+    def get_input_details(self):
+        return self.inputs
+
+    def get_output_details(self):
+        return self.outputs
+
+    def __call__(self, **feed):
+        for name, value in feed.items():
+            self.interpreter.set_tensor(self.inputs[name]["index"], value)
+        self.interpreter.invoke()
+        return {name: self.interpreter.get_tensor(d["index"]) for name, d in self.outputs.items()}

@@ -70,7 +70,11 @@ def deploy_summary(result) -> str:
     if f:
         lines.append(f"  firmware   {out / f['output_dir']}/ ({len(f['files'])} files, arena {f['arena_bytes']} B, "
                      f"{f['test_vectors']} golden vectors)")
-    lines.append("  verify     not run: host/device verification is not built yet")
+    v = (result.stage("verify").result if result.stage("verify") else {}) or {}
+    if v:
+        ident = v.get("comparisons", {}).get("litert_vs_tflm", {})
+        lines.append(f"  verify     {'PASS' if v['passed'] else 'FAIL'} on {v['samples']} samples: LiteRT vs TFLM "
+                     f"{'bit-exact' if ident.get('identical') else 'max %s LSB' % ident.get('max_lsb_difference')}")
     for reason in result.reasons:
         lines.append(f"  why        {reason}")
     lines.append(f"  report     {out / 'report.md'}")
@@ -84,3 +88,18 @@ def _compiled_line(k: dict[str, Any]) -> str:
         return "; not compiled (no edgetpu_compiler)"
     models = k.get("compiled_models") or [{}]
     return f"; compiled: {models[0].get('mapped_ops')} mapped by edgetpu_compiler {k.get('compiler_version')}"
+
+
+def verify_summary(r) -> str:
+    lines = [f"verify: {r.samples} samples of {r.source}: {'PASS' if r.passed else 'FAIL'}"]
+    for b in r.backends:
+        if b.ran:
+            acc = f"accuracy {100 * b.accuracy:6.2f}%" if b.accuracy is not None else ""
+            lat = f"{b.latency_ms:8.3f} ms" if b.latency_ms is not None else ""
+            lines.append(f"  {b.name:<20} {lat:>11}  {acc:<17} {b.library}, delegate: {b.delegate or 'none'}"
+                         + (f" ({b.note})" if b.note else ""))
+        else:
+            lines.append(f"  {b.name:<20} {'not run':>11}  {b.note}")
+    for c in r.checks:
+        lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['check']}: {c['detail']}")
+    return "\n".join(lines)

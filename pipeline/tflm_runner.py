@@ -23,6 +23,12 @@ _TIMEOUT_S = 600
 
 def run_tflm(model_path: Path, inputs: list[np.ndarray], arena_bytes: int | None = None) -> list[np.ndarray]:
     """Outputs per model output, each (N, ...), for N samples given per model input."""
+    return run_tflm_timed(model_path, inputs, arena_bytes)[0]
+
+
+def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
+                   arena_bytes: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Outputs as `run_tflm`, and the seconds each invoke took."""
     from .tflite_model import read_model
 
     outputs = len(read_model(model_path).main.outputs)
@@ -44,7 +50,7 @@ def run_tflm(model_path: Path, inputs: list[np.ndarray], arena_bytes: int | None
                                 f"{_explain(proc.stderr)}", path=model_path, field="tflm",
                                 fix="run `invoke check` on the model to see which op is the problem")
         with np.load(dst) as out:
-            return [out[f"output_{i}"] for i in range(len(out.files))]
+            return [out[f"output_{i}"] for i in range(outputs)], out["seconds"]
 
 
 def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
@@ -54,14 +60,19 @@ def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
     interp = runtime.Interpreter.from_bytes(data, arena_size=arena or None)
     with np.load(src) as f:
         inputs = [f[f"input_{i}"] for i in range(len(f.files))]
+    import time
+
     outputs: list[list[np.ndarray]] = [[] for _ in range(count)]
+    seconds = []
     for n in range(len(inputs[0])):
         for i, arr in enumerate(inputs):
             interp.set_input(arr[n:n + 1], i)
+        start = time.perf_counter()
         interp.invoke()
+        seconds.append(time.perf_counter() - start)
         for k in range(count):
             outputs[k].append(np.array(interp.get_output(k))[0])
-    np.savez(dst, **{f"output_{k}": np.stack(v) for k, v in enumerate(outputs)})
+    np.savez(dst, seconds=np.array(seconds), **{f"output_{k}": np.stack(v) for k, v in enumerate(outputs)})
     return 0
 
 

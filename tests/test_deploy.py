@@ -32,7 +32,8 @@ def statuses(result):
 
 def test_demo_deploy_all_targets(deployed):
     out, result = deployed
-    assert statuses(result) == {"quantize": "ran", "check": "ran", "compile": "no compiler", "firmware": "ran"}
+    assert statuses(result) == {"quantize": "ran", "check": "ran", "compile": "no compiler", "firmware": "ran",
+                                "verify": "ran"}
     assert result.deployable and result.reasons == []
     d = out / "demo"
     for f in ("model_int8.tflite", "report.json", "report.md", "edgetpu_partition.svg", "firmware/model_data.cc"):
@@ -42,9 +43,9 @@ def test_demo_deploy_all_targets(deployed):
 def test_report_json_contract(deployed):
     out, _ = deployed
     report = json.loads((out / "demo" / "report.json").read_text())
-    assert {"model", "quantize", "check", "compile", "firmware", "deploy"} <= set(report)
+    assert {"model", "quantize", "check", "compile", "firmware", "verify", "deploy"} <= set(report)
     assert report["deploy"]["deployable"] is True and report["deploy"]["target"] == "all"
-    for stage in ("quantize", "check", "compile", "firmware"):
+    for stage in ("quantize", "check", "compile", "firmware", "verify"):
         assert set(report["deploy"]["stages"][stage]) == {"status", "note"}
     e = report["check"]["edgetpu"]
     assert {"compatible", "total_ops", "mapped_ops", "cut_at", "ops"} <= set(e)
@@ -58,7 +59,7 @@ def test_second_run_skips_every_stage(deployed):
     out, _ = deployed
     again = deploy(DeployRequest(out=out))
     assert statuses(again) == {"quantize": "skipped", "check": "skipped", "compile": "no compiler",
-                               "firmware": "skipped"}
+                               "firmware": "skipped", "verify": "skipped"}
     assert again.deployable
 
 
@@ -81,10 +82,10 @@ def test_each_target(deployed):
     out, _ = deployed
     edgetpu = deploy(DeployRequest(out=out, target="edgetpu"))
     assert statuses(edgetpu) == {"quantize": "skipped", "check": "ran", "compile": "no compiler",
-                                 "firmware": "not applicable"}
+                                 "firmware": "not applicable", "verify": "skipped"}
     tflm = deploy(DeployRequest(out=out, target="tflm", board="arduino-nano-33-ble-sense"))
     assert statuses(tflm) == {"quantize": "skipped", "check": "ran", "compile": "not applicable",
-                              "firmware": "ran"}
+                              "firmware": "ran", "verify": "skipped"}
     report = json.loads((out / "demo" / "report.json").read_text())
     assert report["check"]["board"]["board"] == "arduino-nano-33-ble-sense"
 

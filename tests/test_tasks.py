@@ -71,8 +71,8 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
     proc = run_invoke("deploy", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [l.split()[:2] for l in lines[:4]] == [["quantize", "ran"], ["check", "ran"],
-                                                   ["compile", "no"], ["firmware", "ran"]]
+    assert [l.split()[:2] for l in lines[:5]] == [["quantize", "ran"], ["check", "ran"],
+                                                   ["compile", "no"], ["firmware", "ran"], ["verify", "ran"]]
     assert "deploy demo (target all): DEPLOYABLE" in proc.stdout and "accuracy   float" in proc.stdout
     assert "Traceback" not in proc.stderr
     out = tmp_path / "demo"
@@ -89,7 +89,7 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
                  p.name.endswith(".old")]
     assert leftovers == []
     assert sorted(p.name for p in (out / ".stages").iterdir()) == [
-        "check.json", "firmware.json", "quantize.json"]
+        "check.json", "firmware.json", "quantize.json", "verify.json"]
 
 
 @pytest.mark.parametrize("option", ["--mode", "--io-type"])
