@@ -18,7 +18,8 @@ from pipeline.errors import PipelineError
 # Defaults of every setting a team may want to commit once: overridable in invoke.yaml
 # (pipeline: {target: tflm, board: ...}) and by INVOKE_PIPELINE_<KEY> environment variables.
 DEFAULTS = {"model": "demo", "out": "build", "samples": 200, "data": None, "eval_data": None,
-            "io_type": None, "name": None, "target": "all", "board": None, "compiler": None}
+            "io_type": None, "name": None, "target": "all", "board": None, "compiler": None,
+            "port": None, "baud": 115200}
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -102,11 +103,13 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "target": "edgetpu, tflm or all (default)",
     "board": "board preset for the TFLM fit and the firmware (`invoke boards`)",
     "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH; absent: skipped)",
+    "port": "a device's serial port (or `invoke emulate`'s): run the golden vectors on it last",
+    "baud": "baud rate for --port (default 115200)",
     "force": "rerun every stage even when its inputs are unchanged",
     "verbose": "debug logging",
 })
 def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None, name=None, out=None,
-           target=None, board=None, compiler=None, force=False, verbose=False):
+           target=None, board=None, compiler=None, port=None, baud=None, force=False, verbose=False):
     """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
@@ -117,7 +120,8 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         eval_data=_setting(c, "eval_data", eval_data), io_type=_setting(c, "io_type", io_type),
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=_setting(c, "name", name),
         out=Path(_setting(c, "out", out)), target=_setting(c, "target", target),
-        board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler), force=force)
+        board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler),
+        port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force)
     result = _run(run_deploy, request, on_stage=lambda run: print(stage_line(run), flush=True))
     print()
     print(deploy_summary(result))
@@ -269,6 +273,66 @@ def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=N
     return result
 
 
+@task(help={
+    "port": "serial device of the board (or the path `invoke emulate` printed)",
+    "baud": "baud rate (default 115200)",
+    "model": "the .tflite the device should run, or 'demo' (default)",
+    "data": "samples for the vectors (default: the same golden vectors as the firmware)",
+    "vectors": "how many vectors to run (default 4)",
+    "tolerance": "accepted output difference in quantized steps (default 0)",
+    "timeout": "seconds to wait for each reply (default 5)",
+    "retries": "retries after a timeout or a damaged reply (default 2)",
+    "json": "print one JSON object (for rigs)",
+})
+def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None, timeout=None, retries=None,
+        json=False):
+    """Run the golden vectors on a device over serial and compare with the host TFLM."""
+    import json as json_module
+
+    from pipeline.check.run import resolve_model_path
+    from pipeline.hil import run_hil
+
+    _setup_logging(False)
+    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    result = _run(run_hil, path, port, baud=_int_option(baud, "--baud") if baud else 115200, data=data,
+                  count=_int_option(vectors, "--vectors") if vectors else 4,
+                  tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0,
+                  timeout=_float_option(timeout, "--timeout", 5.0),
+                  retries=_int_option(retries, "--retries") if retries is not None else 2)
+    if json:
+        print(json_module.dumps(result.to_json()))
+    else:
+        print(f"hil: {result.device.get('board', '?')} on {port}, firmware {result.device.get('firmware', '?')}")
+        for v in result.vectors:
+            state = "PASS" if v["passed"] else "FAIL"
+            print(f"  {v['name']}: {state} max diff {v['max_difference']}, {v['device_us']} us on the device")
+        print(f"HIL {'PASS' if result.passed else 'FAIL'} {sum(v['passed'] for v in result.vectors)}/"
+              f"{len(result.vectors)}" + (f" ({result.retries} retries)" if result.retries else ""))
+    if not result.passed:
+        raise Exit(code=1)
+    return result
+
+
+@task(help={
+    "model": "the .tflite the emulated device runs, or 'demo' (default)",
+    "fault": "misbehave on purpose, to test a rig: garble, drop-byte, wrong-hash, hang, wrong-output, reset",
+})
+def emulate(c, model=None, fault=None):
+    """A device on a pseudo-terminal speaking the HIL protocol (TFLM interpreter behind it)."""
+    from pipeline.check.run import resolve_model_path
+    from pipeline.hil import Emulator
+
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    emulator = _run(Emulator, path, fault=fault)
+    print(emulator.port, flush=True)  # the first line: rigs read the port path from it
+    try:
+        emulator.serve(stop=lambda: bool(stopping))
+    except KeyboardInterrupt:
+        pass
+
+
 @task
 def boards(c):
     """List the board presets (flash, RAM, CPU) that --board accepts."""
@@ -279,7 +343,7 @@ def boards(c):
               f"RAM {b.ram_bytes // 1024:>5} KiB  {b.clock_mhz} MHz")
 
 
-ns = Collection(quantize, check, compile, firmware, verify, boards, deploy)
+ns = Collection(quantize, check, compile, firmware, verify, hil, emulate, boards, deploy)
 ns.configure({"pipeline": dict(DEFAULTS)})
 
 

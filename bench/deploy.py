@@ -28,11 +28,13 @@ from pipeline.quantize import QuantizeRequest, quantize
 from pipeline.check.run import check
 from pipeline.compile import compile_edgetpu
 from pipeline.firmware import generate_firmware
+from pipeline.verify import verify
 out = Path(sys.argv[1])
 q = quantize(QuantizeRequest(out=out))
 check(str(q.quantized_model), out=out)
 compile_edgetpu(q.quantized_model)
 generate_firmware(q.quantized_model)
+verify(q.quantized_model)
 """
 
 
@@ -60,9 +62,9 @@ def main() -> None:
                 times.append(timed(argv + [str(out)]))
             second_t.append(timed([sys.executable, "-m", "invoke", "deploy", "--out", str(tmp / f"deploy{i}")]))
     bare, first, second = (statistics.median(t) for t in (bare_t, first_t, second_t))
-    print(f"bare library calls (quantize, check, compile, firmware): {bare:6.2f} s")
-    print(f"first invoke deploy                                  : {first:6.2f} s  ratio {first / bare:5.2f}x (goal <= 1.30x)")
-    print(f"second invoke deploy (every stage skipped)           : {second:6.2f} s  {100 * second / first:5.1f}% of the first")
+    print(f"bare library calls (quantize, check, compile, firmware, verify): {bare:6.2f} s")
+    print(f"first invoke deploy                                          : {first:6.2f} s  ratio {first / bare:5.2f}x (goal <= 1.30x)")
+    print(f"second invoke deploy (every stage skipped)                   : {second:6.2f} s  {100 * second / first:5.1f}% of the first")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 // At boot: load the model, register exactly its ops, allocate the measured arena, then run
 // every golden vector and compare with the outputs the TFLM Python interpreter computed on the
 // host. Prints one line per vector and "SELFTEST PASS n/n" or "SELFTEST FAIL k/n" (k failed).
+// Then, for hardware-in-the-loop runs, serve the HIL protocol (docs/protocol.md): on the host
+// with `selftest --serve` (stdin/stdout are the link; no self-test text), on a board when built
+// with -DEDGE_DEPLOY_HIL_SERVER (the board's UART is the link).
 
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +14,7 @@
 #include <cstring>
 
 #include "board/board.h"
+#include "hil_server.h"
 #include "model_data.h"
 #include "model_ops.h"
 #include "model_settings.h"
@@ -58,12 +62,50 @@ long MaxDifference(const TfLiteTensor* tensor, const void* expected, int element
   return worst;
 }
 
+tflite::MicroInterpreter* g_interpreter = nullptr;
+
+int RunOnce(const uint8_t* in, uint32_t in_len, uint8_t* out, uint32_t out_cap, uint32_t* out_len,
+            uint32_t* micros) {
+  uint32_t offset = 0;
+  for (int i = 0; i < model::kNumInputs; ++i) {
+    TfLiteTensor* input = g_interpreter->input(i);
+    if (offset + input->bytes > in_len) return 1;
+    std::memcpy(input->data.raw, in + offset, input->bytes);
+    offset += static_cast<uint32_t>(input->bytes);
+  }
+  const unsigned long start = board_micros();
+  if (g_interpreter->Invoke() != kTfLiteOk) return 1;
+  *micros = static_cast<uint32_t>(board_micros() - start);
+  *out_len = 0;
+  for (int o = 0; o < model::kNumOutputs; ++o) {
+    const TfLiteTensor* output = g_interpreter->output(o);
+    if (*out_len + output->bytes > out_cap) return 1;
+    std::memcpy(out + *out_len, output->data.raw, output->bytes);
+    *out_len += static_cast<uint32_t>(output->bytes);
+  }
+  return 0;
+}
+
+void Serve(size_t arena_size) {
+  static char info[512];
+  uint32_t input_bytes = 0, output_bytes = 0;
+  for (int i = 0; i < model::kNumInputs; ++i) input_bytes += g_interpreter->input(i)->bytes;
+  for (int o = 0; o < model::kNumOutputs; ++o) output_bytes += g_interpreter->output(o)->bytes;
+  std::snprintf(info, sizeof(info),
+                "model_sha256=%s\nmodel_bytes=%u\narena_bytes=%u\nboard=%s\nfirmware=%s\nprotocol=1\n",
+                MODEL_DATA_SHA256, g_model_data_len, static_cast<unsigned>(arena_size), board_name(),
+                MODEL_FIRMWARE_GENERATOR);
+  hil_serve(info, input_bytes, output_bytes, RunOnce);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   board_init();
   size_t arena_size = model::kTensorArenaSize;
-  // Host builds accept "--arena N" (N <= the compiled size) to probe the smallest arena.
+  // Host builds accept "--arena N" (N <= the compiled size) to probe the smallest arena, and
+  // "--serve" to answer HIL requests on stdin/stdout instead of running the self-test.
+  const bool serve_only = argc == 2 && std::strcmp(argv[1], "--serve") == 0;
   if (argc == 3 && std::strcmp(argv[1], "--arena") == 0) {
     const unsigned long asked = std::strtoul(argv[2], nullptr, 10);
     if (asked > 0 && asked <= arena_size) arena_size = asked;
@@ -85,6 +127,11 @@ int main(int argc, char** argv) {
     std::printf("SELFTEST FAIL: AllocateTensors failed with a %u-byte arena\n",
                 static_cast<unsigned>(arena_size));
     return board_exit(2);
+  }
+  g_interpreter = &interpreter;
+  if (serve_only) {
+    Serve(arena_size);
+    return board_exit(0);
   }
   std::printf("model %s: %u bytes, sha256 %s\n", model::kModelName, g_model_data_len, MODEL_DATA_SHA256);
   std::printf("arena: %u of %u bytes used\n", static_cast<unsigned>(interpreter.arena_used_bytes()),
@@ -122,5 +169,10 @@ int main(int argc, char** argv) {
   } else {
     std::printf("SELFTEST PASS %d/%d\n", model::kNumTestVectors, model::kNumTestVectors);
   }
+#ifdef EDGE_DEPLOY_HIL_SERVER
+  std::printf("HIL: serving on %s\n", board_name());
+  std::fflush(stdout);
+  Serve(arena_size);
+#endif
   return board_exit(failed ? 1 : 0);
 }

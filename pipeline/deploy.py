@@ -1,5 +1,5 @@
-"""`invoke deploy`: quantize -> check -> compile -> firmware -> verify, skipping every stage
-whose inputs are unchanged.
+"""`invoke deploy`: quantize -> check -> compile -> firmware -> verify (-> hil with a port),
+skipping every stage whose inputs are unchanged.
 
 A stage's key is a hash of what decides its result: the content of its input files, the
 options that matter, the versions of the tools and fact tables involved. After a stage has
@@ -46,6 +46,8 @@ class DeployRequest:
     target: str = "all"
     board: str | None = None
     compiler: str | None = None
+    port: str | None = None  # a device (or `invoke emulate`) to run the golden vectors on
+    baud: int = 115200
     force: bool = False
 
 
@@ -255,7 +257,18 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
     verified = done(_run_stage(out_dir, "verify", key, req.force, [],
                                lambda: verify(model_path, data=req.eval_data or req.data).to_json())).result
 
+    # hil: only with a device attached; never cached (the device is not an input we can hash)
+    hil_result: dict[str, Any] = {}
+    if req.port:
+        from .hil import run_hil
+
+        start = time.perf_counter()
+        hil_result = run_hil(model_path, req.port, baud=req.baud, data=req.data).to_json()
+        done(StageRun("hil", "ran", time.perf_counter() - start, f"on {req.port}", hil_result))
+
     reasons = _not_deployable_reasons(checked, req.target)
+    if hil_result and not hil_result["passed"]:
+        reasons.append("hil: the device's outputs differ from the host TFLM")
     reasons += [f"verify: {c['check']}: {c['detail']}" for c in verified.get("checks", []) if not c["passed"]]
     result = DeployResult(name=name, output_dir=out_dir, target=req.target, stages=runs,
                           deployable=not reasons, reasons=reasons)

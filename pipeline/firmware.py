@@ -47,7 +47,7 @@ _TEMPLATES = {
     "CMakeLists.txt": "firmware/CMakeLists.txt.j2",
     "cmake/arm-none-eabi.cmake": "firmware/cmake/arm-none-eabi.cmake.j2",
 }
-_SKELETON = ("main.cc", "board/board.h", "board/board_host.cc", "board/cortexm/board_cortexm.cc",
+_SKELETON = ("main.cc", "hil_server.h", "hil_server.cc", "board/board.h", "board/board_host.cc", "board/cortexm/board_cortexm.cc",
              "board/cortexm/startup.c", "board/cortexm/mps2_an386.ld")
 
 

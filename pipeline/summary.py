@@ -75,6 +75,11 @@ def deploy_summary(result) -> str:
         ident = v.get("comparisons", {}).get("litert_vs_tflm", {})
         lines.append(f"  verify     {'PASS' if v['passed'] else 'FAIL'} on {v['samples']} samples: LiteRT vs TFLM "
                      f"{'bit-exact' if ident.get('identical') else 'max %s LSB' % ident.get('max_lsb_difference')}")
+    h = (result.stage("hil").result if result.stage("hil") else {}) or {}
+    if h:
+        ok = sum(v["passed"] for v in h["vectors"])
+        lines.append(f"  hil        {'PASS' if h['passed'] else 'FAIL'} {ok}/{len(h['vectors'])} on "
+                     f"{h['device'].get('board', '?')}")
     for reason in result.reasons:
         lines.append(f"  why        {reason}")
     lines.append(f"  report     {out / 'report.md'}")
