@@ -14,25 +14,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import median_time  # noqa: E402
 MODELS = ROOT.parent / "shared" / "testdata" / "edgetpu-models"
 LOAD_LITERT = ("import sys\nfrom ai_edge_litert.interpreter import Interpreter\n"
                "Interpreter(model_path=sys.argv[1]).allocate_tensors()\n")
 
 
-def timed(cmd) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, stdin=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-def median_time(cmd, repeat: int) -> float:
-    return statistics.median(timed(cmd) for _ in range(repeat))
 
 
 def main() -> None:

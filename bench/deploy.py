@@ -16,10 +16,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import timed  # noqa: E402
 
 BARE = """
 import sys
@@ -37,11 +39,6 @@ generate_firmware(q.quantized_model)
 verify(q.quantized_model)
 """
 
-
-def timed(cmd) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, stdin=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def main() -> None:

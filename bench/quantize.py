@@ -15,10 +15,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import timed  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 BARE = """
@@ -39,11 +41,6 @@ c.inference_input_type = c.inference_output_type = tf.int8
 open(sys.argv[3], "wb").write(c.convert())
 """
 
-
-def timed(cmd, cwd) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, stdin=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -66,8 +63,8 @@ def main() -> None:
         ours = [sys.executable, "-m", "invoke", "quantize", "--out", str(out)]
         bare_t, ours_t = [], []
         for _ in range(args.repeat):
-            bare_t.append(timed(bare, ROOT))
-            ours_t.append(timed(ours, ROOT))
+            bare_t.append(timed(bare))
+            ours_t.append(timed(ours))
     b, o = statistics.median(bare_t), statistics.median(ours_t)
     print(f"bare TF converter (process) : {b:6.2f} s  (median of {args.repeat})")
     print(f"invoke quantize --model demo: {o:6.2f} s  (median of {args.repeat})")

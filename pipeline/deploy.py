@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from . import __version__
 from .errors import NotDeployableError
 from .fileio import check_writable, safe_name, write_json_atomic
 from .report import read_report, update_report
+from .versions import package_version
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,6 @@ def content_hash(spec: str | Path | None) -> str | None:
     return f"unhashable:{spec}"
 
 
-def _package_version(*names: str) -> str:
-    for name in names:
-        try:
-            return f"{name} {version(name)}"
-        except PackageNotFoundError:
-            continue
-    return "none"
-
-
 def _key(stage: str, **inputs: Any) -> str:
     blob = json.dumps({"stage": stage, "pipeline": __version__, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -200,11 +191,11 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
         return run
 
     # quantize
-    model_key = (f"demo-v{DEMO_VERSION}-{_package_version('keras')}" if req.model == DEMO_NAME
+    model_key = (f"demo-v{DEMO_VERSION}-{package_version('keras')}" if req.model == DEMO_NAME
                  else content_hash(req.model))
     key = _key("quantize", model=model_key, data=content_hash(req.data), eval=content_hash(req.eval_data),
                io_type=req.io_type, samples=req.samples,
-               tools=[_package_version("tensorflow-cpu", "tensorflow"), _package_version("ai-edge-litert")])
+               tools=[package_version("tensorflow-cpu", "tensorflow"), package_version("ai-edge-litert")])
     done(_run_stage(out_dir, "quantize", key, req.force, ["model_float.tflite", "model_int8.tflite"],
                     lambda: quantize(q_request).to_json()))
     model_path = out_dir / "model_int8.tflite"
@@ -212,7 +203,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
 
     # check
     key = _key("check", model=model_hash, target=req.target, board=req.board, tables=tables,
-               tflm=_package_version("tflite-micro"))
+               tflm=package_version("tflite-micro"))
     check_run = done(_run_stage(out_dir, "check", key, req.force, [],
                                 lambda: run_check(str(model_path), target=req.target, board=req.board,
                                                   out=req.out).to_json()))
@@ -241,7 +232,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
         skeleton = content_hash(_PACKAGE_DIR.parent / "firmware")
         templates = content_hash(_PACKAGE_DIR.parent / "templates" / "firmware")
         key = _key("firmware", model=model_hash, board=req.board or DEFAULT_BOARD, data=content_hash(req.data),
-                   skeleton=skeleton, templates=templates, tables=tables, tflm=_package_version("tflite-micro"))
+                   skeleton=skeleton, templates=templates, tables=tables, tflm=package_version("tflite-micro"))
         done(_run_stage(out_dir, "firmware", key, req.force, ["firmware"],
                         lambda: generate_firmware(model_path, board=req.board, data=req.data).to_json()))
     else:
@@ -253,7 +244,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
 
     key = _key("verify", model=model_hash, data=content_hash(req.eval_data or req.data),
                float=content_hash(out_dir / "model_float.tflite"),
-               tools=[_package_version("ai-edge-litert"), _package_version("tflite-micro")])
+               tools=[package_version("ai-edge-litert"), package_version("tflite-micro")])
     verified = done(_run_stage(out_dir, "verify", key, req.force, [],
                                lambda: verify(model_path, data=req.eval_data or req.data).to_json())).result
 

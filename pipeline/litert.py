@@ -7,19 +7,15 @@ and its int8 twin can be compared sample by sample.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import numpy as np
 
 from .data import SampleSet
 from .errors import PipelineError
+from .versions import package_version
 
 
 def litert_version() -> str:
-    try:
-        return f"ai-edge-litert {version('ai-edge-litert')}"
-    except PackageNotFoundError:
-        return "ai-edge-litert (not installed)"
+    return package_version("ai-edge-litert")
 
 
 def quantize_array(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from .litert import LiteRTModel, dequantize_array, litert_version, quantize_arra
 from .model import TensorSpec
 from .report import REPORT_JSON, update_report
 from .tflite_model import read_model
+from .versions import package_version
 
 DEFAULT_SAMPLES = 200
 
@@ -76,15 +76,6 @@ class VerifyResult:
                 "backends": [{k: v for k, v in b.to_json().items() if k != "median_latency_ms"}
                              for b in self.backends],
                 "comparisons": self.comparisons, "checks": self.checks}
-
-
-def _version(*names: str) -> str:
-    for name in names:
-        try:
-            return f"{name} {version(name)}"
-        except PackageNotFoundError:
-            continue
-    return "not installed"
 
 
 def _samples(model_path: Path, inputs: list[TensorSpec], data: str | None, limit: int) -> SampleSet:
@@ -145,7 +136,7 @@ def verify(model_path: Path, *, data: str | None = None, samples: int = DEFAULT_
         tflm_raw_by_index, seconds = run_tflm_timed(model_path, q_inputs)
         by_name = dict(zip(names_out, tflm_raw_by_index))
         tflm_raw = [by_name[n] for n in out_order]
-        backends.append(Backend("int8 TFLM", _version("tflite-micro"), None, True,
+        backends.append(Backend("int8 TFLM", package_version("tflite-micro"), None, True,
                                 latency_ms=round(1000 * float(np.median(seconds)), 4),
                                 accuracy=_accuracy(tflm_raw[0], labels)))
         diffs = [np.abs(a.astype(np.int64) - b.astype(np.int64)) for a, b in zip(litert_raw, tflm_raw)]
@@ -161,7 +152,7 @@ def verify(model_path: Path, *, data: str | None = None, samples: int = DEFAULT_
         checks.append(_check("int8 LiteRT vs TFLM", worst <= thresholds.max_lsb_litert_vs_tflm,
                              f"max difference {worst} LSB (allowed {thresholds.max_lsb_litert_vs_tflm})"))
     except PipelineError as exc:
-        backends.append(Backend("int8 TFLM", _version("tflite-micro"), None, False, note=exc.problem))
+        backends.append(Backend("int8 TFLM", package_version("tflite-micro"), None, False, note=exc.problem))
         checks.append(_check("int8 TFLM runs", False, exc.problem))
 
     # float model, when the quantize stage left one next to the int8 model
@@ -238,11 +229,11 @@ def _tflite_runtime_backend(model_path, q_inputs, litert_raw, out_order, names_o
                                str(Path(tmp) / "in.npz")], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        return Backend("int8 tflite_runtime", _version("tflite-runtime"), None, False,
+        return Backend("int8 tflite_runtime", package_version("tflite-runtime"), None, False,
                        note=f"failed (it needs numpy < 2): {last[:200]}")
     outs = [np.array(o) for o in json.loads(proc.stdout)]
     same = all(np.array_equal(a, b) for a, b in zip(litert_raw, outs))
-    return Backend("int8 tflite_runtime", _version("tflite-runtime"), None, True,
+    return Backend("int8 tflite_runtime", package_version("tflite-runtime"), None, True,
                    note="identical to LiteRT" if same else "differs from LiteRT")
 
 

@@ -24,6 +24,16 @@ GXX = shutil.which("g++")
 ARM_GCC = shutil.which("arm-none-eabi-gcc")
 
 
+def compile_cxx(source: Path, tmp_path: Path, include: Path | None = None) -> None:
+    """The generated code must build warning-free, as STYLE.md asks."""
+    if not GXX:
+        pytest.skip("g++ is not installed")
+    cmd = [GXX, "-std=c++17", "-Wall", "-Wextra", "-Werror"] + (["-I", str(include)] if include else [])
+    proc = subprocess.run(cmd + ["-c", str(source), "-o", str(tmp_path / (source.stem + ".o"))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def parse_array(text: str, name: str) -> list[int]:
     body = re.search(rf"{name}\[[^\]]*\] = \{{(.*?)\}};", text, re.S).group(1)
     return [int(tok, 0) for tok in re.findall(r"-?(?:0x[0-9a-fA-F]+|\d+)", body)]
@@ -71,30 +81,15 @@ def test_model_array_is_the_model_and_compiles(demo_firmware, tmp_path):
     assert bytes(parse_array(text, "g_model_data")) == model
     header = (out / "model_data.h").read_text()
     assert f"#define MODEL_DATA_SIZE {len(model)}u" in header and "#ifndef EDGE_DEPLOY_MODEL_DATA_H_" in header
-    if not GXX:
-        pytest.skip("g++ is not installed")
-    proc = subprocess.run([GXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-c", str(out / "model_data.cc"),
-                           "-o", str(tmp_path / "model_data.o")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    compile_cxx(out / "model_data.cc", tmp_path)
 
 
 def test_settings_and_vectors_compile_without_tflm(demo_firmware, tmp_path):
-    if not GXX:
-        pytest.skip("g++ is not installed")
-    out = demo_firmware.output_dir
-    proc = subprocess.run([GXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(out), "-c",
-                           str(out / "test_vectors.cc"), "-o", str(tmp_path / "tv.o")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    compile_cxx(demo_firmware.output_dir / "test_vectors.cc", tmp_path, demo_firmware.output_dir)
 
 
 def test_hil_server_compiles_warning_free(demo_firmware, tmp_path):
-    if not GXX:
-        pytest.skip("g++ is not installed")
-    out = demo_firmware.output_dir
-    proc = subprocess.run([GXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(out), "-c",
-                           str(out / "hil_server.cc"), "-o", str(tmp_path / "hil.o")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    compile_cxx(demo_firmware.output_dir / "hil_server.cc", tmp_path, demo_firmware.output_dir)
 
 
 def test_resolver_registers_exactly_the_models_ops(demo_firmware):
@@ -126,6 +121,7 @@ def test_golden_outputs_come_from_the_tflm_interpreter(demo_firmware):
 
 def test_generation_is_deterministic(demo_firmware, tmp_path):
     again = generate_firmware(demo_firmware.output_dir.parent / "model_int8.tflite", out=tmp_path / "fw")
+    assert again.files == demo_firmware.files
     for rel in demo_firmware.files:
         assert (tmp_path / "fw" / rel).read_bytes() == (demo_firmware.output_dir / rel).read_bytes(), rel
 
@@ -144,11 +140,7 @@ def test_hostile_names_become_safe_identifiers_and_strings(tmp_path):
     settings_h = (r.output_dir / "model_settings.h").read_text()
     assert "kOutput_m_9_out_put = 0" in settings_h and "kOutput_m_9_out_put_ = 1" in settings_h
     assert 'project(my_model_v2_firmware' in (r.output_dir / "CMakeLists.txt").read_text()
-    if GXX:
-        proc = subprocess.run([GXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(r.output_dir), "-c",
-                               str(r.output_dir / "test_vectors.cc"), "-o", str(tmp_path / "tv.o")],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+    compile_cxx(r.output_dir / "test_vectors.cc", tmp_path, r.output_dir)
 
 
 def test_model_tflm_cannot_run_is_refused(tmp_path):
