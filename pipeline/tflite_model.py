@@ -231,7 +231,8 @@ def parse_model(data: bytes, source: str = "<bytes>") -> TFLiteModel:
         raise
     except (struct.error, IndexError, ValueError, TypeError, OverflowError, RecursionError,
             UnicodeDecodeError) as exc:
-        raise bad(f"corrupt flatbuffer ({type(exc).__name__}): truncated or damaged") from None
+        raise bad(f"truncated or corrupt flatbuffer: a table or vector points outside the file's "
+                  f"{len(data)} bytes") from None
 
 
 class _Reader:
