@@ -410,7 +410,7 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
                    f"{INSTALL_HINT}. The prediction of `invoke check` stands in.")
         if require:
             raise PipelineError(f"{COMPILER_NAME} not found", field="--require", fix=INSTALL_HINT)
-        result = CompileResult(compiled=False, message=message, device=_device_status())
+        result = CompileResult(compiled=False, message=message, device=edgetpu_device_status())
         _record(model_path, result)
         return result
     version = compiler_version(exe)
@@ -430,7 +430,7 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
         result.compiled = True
         result.output_dir = out_dir
         result.message = _summary(result)
-        result.device = _device_status()
+        result.device = edgetpu_device_status()
         if result.device.get("present"):
             result.device.update(run_on_device(staging / Path(parsed.blocks[0].output_model).name, model_path))
         (staging / "compile.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
@@ -462,8 +462,9 @@ def _run(exe: Path, args: list[str], wall_timeout_s: float) -> tuple[str, int]:
 
 def _check_run(result: CompileResult, parsed: CompilerOutput, code: int, text: str) -> None:
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
-        raise PipelineError(f"{COMPILER_NAME} crashed ({name}); last output: {_last_line(text)}",
+        from .check.tflm import signal_name
+
+        raise PipelineError(f"{COMPILER_NAME} crashed ({signal_name(code)}); last output: {_last_line(text)}",
                             field="compile", fix="retry; a newer compiler; fewer --num-segments")
     if parsed.failures and not parsed.succeeded:
         f = parsed.failures[-1]
@@ -564,7 +565,7 @@ def _record(model_path: Path, result: CompileResult) -> None:
         update_report(model_path.parent, model_path.parent.name, "compile", result.to_json())
 
 
-def _device_status() -> dict[str, Any]:
+def edgetpu_device_status() -> dict[str, Any]:
     """A real Edge TPU through Coral's own pycoral (never the unrelated PyPI package)."""
     try:
         from pycoral.utils import edgetpu  # type: ignore[import-not-found]

@@ -137,8 +137,8 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
                                  path=model_path, field="--model", fix="see `invoke check --target tflm`")
     measured, arena_source = smallest_arena or (tflm.arena_bytes, "the TFLM Python interpreter")
     arena = round_arena(measured) + ARENA_MARGIN_BYTES
-    inputs, outputs = _io_specs(model)
-    golden_in, names, source = _golden_inputs(model, model_path, inputs, vectors, data)
+    inputs, outputs = io_specs(model)
+    golden_in, names, source = golden_inputs(model, model_path, inputs, vectors, data)
     from .tflm_runner import run_tflm
 
     golden_out = run_tflm(model_path, golden_in)
@@ -209,7 +209,7 @@ def arm_flags(board: Board) -> str:
     return " ".join(flags)
 
 
-def _io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
+def io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
     def spec(t: Tensor, name: str, taken: set[str]) -> dict[str, Any]:
         if t.dtype not in _CTYPES:
             raise NotDeployableError(f"I/O tensor '{name}' is {t.dtype}", path=model.source,
@@ -232,7 +232,7 @@ def _io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
     return ins, outs
 
 
-def _golden_inputs(model: TFLiteModel, model_path: Path, inputs, count: int, data: str | None):
+def golden_inputs(model: TFLiteModel, model_path: Path, inputs, count: int, data: str | None):
     """Quantized inputs: the demo's test digits, `--data` samples, or seeded random values."""
     from .data import load_samples
     from .litert import quantize_array

@@ -203,14 +203,14 @@ class HilResult:
 def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None = None, count: int = 4,
             tolerance: int = 0, timeout: float = 5.0, retries: int = 2) -> HilResult:
     """INFO (same model?), then every golden vector through RUN, compared with the host TFLM."""
-    from .firmware import _golden_inputs, _io_specs
+    from .firmware import golden_inputs, io_specs
     from .report import REPORT_JSON, update_report
     from .tflite_model import read_model
     from .tflm_runner import run_tflm
 
     model = read_model(model_path)
-    inputs, outputs = _io_specs(model)
-    golden_in, names, _ = _golden_inputs(model, model_path, inputs, count, data)
+    inputs, outputs = io_specs(model)
+    golden_in, names, _ = golden_inputs(model, model_path, inputs, count, data)
     expected = run_tflm(model_path, golden_in)
     sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
     client = HilClient(port, baud, timeout, retries)

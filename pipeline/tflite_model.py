@@ -230,7 +230,7 @@ def parse_model(data: bytes, source: str = "<bytes>") -> TFLiteModel:
     except ModelFormatError:
         raise
     except (struct.error, IndexError, ValueError, TypeError, OverflowError, RecursionError,
-            UnicodeDecodeError) as exc:
+            UnicodeDecodeError):
         raise bad(f"truncated or corrupt flatbuffer: a table or vector points outside the file's "
                   f"{len(data)} bytes") from None
 

@@ -44,10 +44,10 @@ def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
             raise PipelineError(f"the TFLM interpreter did not finish within {_TIMEOUT_S} s",
                                 path=model_path, field="tflm") from None
         if proc.returncode != 0 or not dst.is_file():
-            from .check.tflm import _explain, _signal_name
+            from .check.tflm import explain_tflm_error, signal_name
 
-            raise PipelineError(f"the TFLM interpreter failed ({_signal_name(proc.returncode)}): "
-                                f"{_explain(proc.stderr)}", path=model_path, field="tflm",
+            raise PipelineError(f"the TFLM interpreter failed ({signal_name(proc.returncode)}): "
+                                f"{explain_tflm_error(proc.stderr)}", path=model_path, field="tflm",
                                 fix="run `invoke check` on the model to see which op is the problem")
         with np.load(dst) as out:
             return [out[f"output_{i}"] for i in range(outputs)], out["seconds"]

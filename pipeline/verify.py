@@ -236,10 +236,10 @@ def _tflite_runtime_backend(model_path, q_inputs, litert_raw, out_order, names_o
 
 
 def _edgetpu_backend(model_path: Path) -> Backend:
-    from .compile import _device_status, run_on_device
+    from .compile import edgetpu_device_status, run_on_device
 
     compiled = sorted((model_path.parent / "edgetpu").glob("*_edgetpu.tflite"))
-    device = _device_status()
+    device = edgetpu_device_status()
     if not device.get("present"):
         return Backend("Edge TPU", "pycoral", "libedgetpu", False, note=device["reason"])
     if not compiled:

@@ -152,12 +152,12 @@ def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, 
         result = next((e["result"] for e in events if "result" in e), None)
         if result is not None:
             if not result["runs"]:
-                return False, None, _explain(proc.stderr)
+                return False, None, explain_tflm_error(proc.stderr)
             return True, result["arena_bytes"], None
         pending = [e for e in events if "probe" in e]
         if not pending or (hi is None and len(pending) <= 2):
-            return False, None, (f"the TFLM interpreter crashed ({_signal_name(proc.returncode)}) "
-                                 f"loading the model: {_explain(proc.stderr)}")
+            return False, None, (f"the TFLM interpreter crashed ({signal_name(proc.returncode)}) "
+                                 f"loading the model: {explain_tflm_error(proc.stderr)}")
         for e in pending:  # replay what the crashed worker learned
             if e["ok"] is True:
                 hi = e["probe"]
@@ -167,7 +167,7 @@ def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, 
     return False, None, "the TFLM interpreter kept crashing during the arena search"
 
 
-def _signal_name(code: int) -> str:
+def signal_name(code: int) -> str:
     import signal
 
     if code < 0:
@@ -186,7 +186,7 @@ _TFLM_ERROR_PATTERNS = (
 )
 
 
-def _explain(stderr: str) -> str:
+def explain_tflm_error(stderr: str) -> str:
     found = []
     for pat in _TFLM_ERROR_PATTERNS:
         found += [m.group(0).strip() for m in re.finditer(pat, stderr)]
