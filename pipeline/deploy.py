@@ -229,12 +229,15 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
 
     # firmware (TFLite Micro)
     if req.target in ("tflm", "all") and tflm_ok:
+        arena = checked["tflm"]["arena_bytes"]  # the check stage's binary search: not run twice
+        measured = (arena, "the TFLM Python interpreter") if arena else None
         skeleton = content_hash(_PACKAGE_DIR.parent / "firmware")
         templates = content_hash(_PACKAGE_DIR.parent / "templates" / "firmware")
         key = _key("firmware", model=model_hash, board=req.board or DEFAULT_BOARD, data=content_hash(req.data),
                    skeleton=skeleton, templates=templates, tables=tables, tflm=package_version("tflite-micro"))
         done(_run_stage(out_dir, "firmware", key, req.force, ["firmware"],
-                        lambda: generate_firmware(model_path, board=req.board, data=req.data).to_json()))
+                        lambda: generate_firmware(model_path, board=req.board, data=req.data,
+                                                  smallest_arena=measured).to_json()))
     else:
         done(StageRun("firmware", "not applicable", 0.0,
                       "target is edgetpu" if req.target == "edgetpu" else "the TFLM check failed"))

@@ -123,13 +123,14 @@ class FirmwareResult:
 def generate_firmware(model_path: Path, *, out: Path | None = None, board: str | None = None,
                       vectors: int = DEFAULT_VECTORS, tolerance: int = 0, data: str | None = None,
                       smallest_arena: tuple[int, str] | None = None) -> FirmwareResult:
-    """`smallest_arena`: (bytes, where measured) when a build measured it; otherwise the TFLM
-    Python interpreter's binary search (an upper bound: its recording allocator lives in the
-    arena too)."""
+    """`smallest_arena`: (bytes, where measured) when a caller already measured it (the check
+    stage, a host build); otherwise the TFLM Python interpreter's binary search runs here (an
+    upper bound: its recording allocator lives in the arena too). Either way the golden
+    outputs come from the TFLM interpreter, which proves the model runs."""
     board_preset = get_board(board or DEFAULT_BOARD)
     model = read_model(model_path)
     out_dir = out or model_path.parent / "firmware"
-    tflm = check_tflm(model, model_path)
+    tflm = check_tflm(model, model_path, run_interpreter=smallest_arena is None)
     if not tflm.compatible:
         reasons = [f"op {v.index} {v.op}: {v.reason}" for v in tflm.ops if not v.supported]
         reasons += [r for r in (tflm.model_problem, tflm.interpreter_error) if r]
