@@ -55,16 +55,25 @@ class LiteRTModel:
         details = runner.get_input_details()
         self.input_details = details
         self.output_details = runner.get_output_details()
-        self._raw = False
 
     def run(self, samples: SampleSet, raw: bool = False) -> list[np.ndarray]:
         """Outputs per signature output (in name order), each (N, ...): float32 real values, or
         with `raw` the tensors as the model produced them (quantized integers)."""
-        self._raw = raw
         from .tf_runtime import captured_stderr
 
         with captured_stderr():  # XNNPACK announces itself on the first invoke
-            return self._run(samples)
+            outputs = self._run(samples)
+        return outputs if raw else self.real(outputs)
+
+    def real(self, raw_outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Raw outputs (in `output_names()` order) as real values, float32."""
+        out = []
+        for name, y in zip(self.output_names(), raw_outputs):
+            d = self.output_details[name]
+            if np.issubdtype(d["dtype"], np.integer):
+                y = dequantize_array(y, *d["quantization"])
+            out.append(np.asarray(y, dtype=np.float32))
+        return out
 
     def output_names(self) -> list[str]:
         return sorted(self.output_details)
@@ -105,14 +114,7 @@ class LiteRTModel:
     def _run_one(self, samples: SampleSet, i: int, outputs: dict[str, list[np.ndarray]]) -> None:
         result = self.runner(**self._feed(samples, i))
         for name in outputs:
-            y = result[name]
-            d = self.output_details[name]
-            if self._raw:
-                outputs[name].append(np.asarray(y)[0])
-                continue
-            if np.issubdtype(d["dtype"], np.integer):
-                y = dequantize_array(y, *d["quantization"])
-            outputs[name].append(np.asarray(y, dtype=np.float32)[0])
+            outputs[name].append(np.asarray(result[name])[0])
 
 
 class _TensorNameRunner:

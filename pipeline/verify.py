@@ -21,7 +21,7 @@ import numpy as np
 
 from .data import SampleSet, load_samples, validated
 from .errors import NotDeployableError, PipelineError
-from .litert import LiteRTModel, dequantize_array, litert_version, quantize_array
+from .litert import LiteRTModel, litert_version, quantize_array
 from .model import TensorSpec
 from .report import REPORT_JSON, update_report
 from .tflite_model import read_model
@@ -107,9 +107,7 @@ def verify(model_path: Path, *, data: str | None = None, samples: int = DEFAULT_
     int8 = LiteRTModel(model_path.read_bytes(), str(model_path), delegates=False)
     out_order = int8.output_names()
     litert_raw = int8.run(sample_set, raw=True)
-    litert_real = [dequantize_array(r, *int8.output_details[n]["quantization"])
-                   if np.issubdtype(r.dtype, np.integer) else r.astype(np.float32)
-                   for r, n in zip(litert_raw, out_order)]
+    litert_real = int8.real(litert_raw)
     backends.append(Backend("int8 LiteRT", litert_version(), "none (built-in kernels)", True,
                             latency_ms=int8.median_latency_ms(sample_set),
                             accuracy=_accuracy(litert_real[0], labels)))
