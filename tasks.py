@@ -218,9 +218,10 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
     tree = _run(tflm_tree_path, tflm_tree) if build else None
     if build and tree is None:
         raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
+    tolerance = _int_option(tolerance, "--tolerance") if tolerance else 0
     result = _run(generate_firmware, path, out=Path(out) if out else None, board=board,
                   vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS,
-                  tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0, data=data)
+                  tolerance=tolerance, data=data)
     print(f"firmware: {result.output_dir} ({len(result.files)} files)")
     print(f"  resolver  MicroMutableOpResolver<{len(result.resolver_methods)}>: {', '.join(result.resolver_methods)}")
     print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured + margin)")
@@ -231,7 +232,7 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
     if not build:
         return result
     result = _run(build_and_verify, path, result, tree, board=board, vectors=result.vectors,
-                  tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0, data=data)
+                  tolerance=tolerance, data=data)
     failed = False
     for run in result.builds.values():
         line = run.get("selftest") or run.get("reason") or "built"

@@ -54,6 +54,22 @@ def digits_split() -> DigitsSplit:
     return DigitsSplit(x[train], y[train], x[cal], y[cal], x[test], y[test])
 
 
+def split_samples(part: str, inputs, *, limit: int | None = None, option: str = "--data"):
+    """The "calibration" or "test" split as validated samples for the demo model's `inputs`
+    (labelled, so accuracy can be measured)."""
+    from .data import validated
+
+    split = digits_split()
+    x, y = {"calibration": (split.x_calibration, split.y_calibration),
+            "test": (split.x_test, split.y_test)}[part]
+    return validated({inputs[0].name: x}, y, inputs, source=f"demo {part} split", option=option, limit=limit)
+
+
+def is_demo_model(model_path: Path, sample_shapes) -> bool:
+    """A model from the demo's output directory with the demo's single 8x8x1 input."""
+    return model_path.parent.name == DEMO_NAME and [tuple(s) for s in sample_shapes] == [(8, 8, 1)]
+
+
 def build_model(keras):
     """Conv-pool-conv feature extractor and a dense head sized so weights dominate the file
     (the int8 file is then about a quarter of the float one), using only ops that both the

@@ -240,17 +240,17 @@ def golden_inputs(model: TFLiteModel, model_path: Path, inputs, count: int, data
     from .model import TensorSpec
 
     specs = [TensorSpec(t["name"], tuple(t["shape"]), "float32") for t in inputs]
+    from . import demo
+
     real = None
     if data:
         samples = load_samples(data, specs, limit=count, option="--data")
         real, source = [samples.inputs[s.name] for s in specs], data
         names = [f"{Path(data).name}[{i}]" for i in range(samples.count)]
-    elif model_path.parent.name == "demo" and [t["shape"] for t in inputs] == [[1, 8, 8, 1]]:
-        from .demo import digits_split
-
-        split = digits_split()
-        real, source = [split.x_test[:count]], "the demo's held-out test digits"
-        names = [f"test[{i}] digit {int(split.y_test[i])}" for i in range(count)]
+    elif demo.is_demo_model(model_path, [s.sample_shape for s in specs]):
+        samples = demo.split_samples("test", specs, limit=count)
+        real, source = [samples.inputs[s.name] for s in specs], samples.source
+        names = [f"test[{i}] digit {int(label)}" for i, label in enumerate(samples.labels)]
     if real is not None:
         quantized = [quantize_array(r, _NP[t["dtype"]], float(model.main.input_tensors()[i].scale or 1.0),
                                     int(t["zero_point"])) if t["dtype"] != "float32" else r.astype(np.float32)

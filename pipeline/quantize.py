@@ -305,13 +305,7 @@ def _calibration_set(req: QuantizeRequest, source: ModelSource, inputs) -> Sampl
             raise PipelineError(f"--mode {req.mode} needs representative data to calibrate activations",
                                 field="--data",
                                 fix="pass --data samples.npy|samples.npz|image_dir|module:function")
-        split = demo.digits_split()
-        samples = SampleSet({demo.INPUT_NAME: split.x_calibration}, split.y_calibration,
-                            source="demo calibration split")
-        from .data import validated
-
-        samples = validated(samples.inputs, samples.labels, inputs, source=samples.source,
-                            option="--data", limit=req.samples)
+        samples = demo.split_samples("calibration", inputs, limit=req.samples)
     else:
         samples = load_samples(req.data, inputs, limit=req.samples)
     if samples.count < req.samples:
@@ -331,11 +325,7 @@ def _evaluation_set(req, source: ModelSource, inputs, calibration) -> SampleSet 
     if req.eval_data:
         return load_samples(req.eval_data, inputs, option="--eval-data")
     if source.is_demo:
-        split = demo.digits_split()
-        from .data import validated
-
-        return validated({demo.INPUT_NAME: split.x_test}, split.y_test, inputs,
-                         source="demo test split", option="--eval-data")
+        return demo.split_samples("test", inputs, option="--eval-data")
     return calibration  # unlabelled: agreement only
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import SampleSet, load_samples, validated
+from .data import SampleSet, load_samples
 from .errors import NotDeployableError, PipelineError
 from .litert import LiteRTModel, litert_version, quantize_array
 from .model import TensorSpec
@@ -79,12 +79,10 @@ class VerifyResult:
 def _samples(model_path: Path, inputs: list[TensorSpec], data: str | None, limit: int) -> SampleSet:
     if data:
         return load_samples(data, inputs, limit=limit, option="--data")
-    if model_path.parent.name == "demo" and [t.sample_shape for t in inputs] == [(8, 8, 1)]:
-        from .demo import digits_split
+    from . import demo
 
-        split = digits_split()
-        return validated({inputs[0].name: split.x_test[:limit]}, split.y_test[:limit], inputs,
-                         source="demo test split", option="--data")
+    if demo.is_demo_model(model_path, [t.sample_shape for t in inputs]):
+        return demo.split_samples("test", inputs, limit=limit)
     raise PipelineError("no samples to verify with", path=model_path, field="--data",
                         fix="pass --data samples.npz (labels as 'y' for accuracy)")
 
