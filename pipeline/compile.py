@@ -16,14 +16,14 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import TOOL_NAME, __version__
 from .errors import NotDeployableError, PipelineError
-from .fileio import replace_dir
-from .report import REPORT_JSON, update_report
+from .fileio import ensure_replaceable, replace_owned_dir, staging_dir, write_manifest
+from .report import is_pipeline_output, update_report
 from .tflite_model import read_model
 
 log = logging.getLogger(__name__)
@@ -413,8 +413,9 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
         result = CompileResult(compiled=False, message=message, device=edgetpu_device_status())
         _record(model_path, result)
         return result
+    ensure_replaceable(out_dir, option="edgetpu/", legacy=legacy_edgetpu_files)  # before the tool runs
     version = compiler_version(exe)
-    staging = Path(tempfile.mkdtemp(prefix=".edgetpu-staging-", dir=model_path.parent))
+    staging = staging_dir(out_dir)
     try:
         text, code = _run(exe, options.arguments(staging) + [str(model_path.resolve())], wall_timeout_s)
         (staging / "compiler_stdout.txt").write_text(text)
@@ -434,12 +435,26 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
         if result.device.get("present"):
             result.device.update(run_on_device(staging / Path(parsed.blocks[0].output_model).name, model_path))
         (staging / "compile.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        replace_dir(staging, out_dir)
+        write_manifest(staging, f"{TOOL_NAME} {__version__}")
+        replace_owned_dir(staging, out_dir, option="edgetpu/", legacy=legacy_edgetpu_files)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _record(model_path, result)
     return result
+
+
+def legacy_edgetpu_files(folder: Path) -> set[str] | None:
+    """An edgetpu/ folder written before folders carried a manifest: it has our compile.json,
+    and only the compiler's outputs and ours count as ours."""
+    try:
+        record = json.loads((folder / "compile.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "compiled" not in record:
+        return None
+    return {f.name for f in folder.iterdir() if f.is_file() and (
+        f.name in ("compile.json", "compiler_stdout.txt") or f.name.endswith(("_edgetpu.tflite", "_edgetpu.log")))}
 
 
 def _run(exe: Path, args: list[str], wall_timeout_s: float) -> tuple[str, int]:
@@ -561,7 +576,7 @@ def _summary(result: CompileResult) -> str:
 
 
 def _record(model_path: Path, result: CompileResult) -> None:
-    if (model_path.parent / REPORT_JSON).is_file():
+    if is_pipeline_output(model_path.parent):
         update_report(model_path.parent, model_path.parent.name, "compile", result.to_json())
 
 

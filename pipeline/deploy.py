@@ -22,8 +22,8 @@ from typing import Any
 
 from . import __version__
 from .errors import NotDeployableError
-from .fileio import check_writable, safe_name, write_json_atomic
-from .report import read_report, update_report
+from .fileio import safe_name, write_json_atomic
+from .report import check_output_folder, read_report, update_report
 from .versions import package_version
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
     precheck_data_spec(req.data, "--data")
     precheck_data_spec(req.eval_data, "--eval-data")
     name = safe_name(req.name or Path(req.model).stem)
-    out_dir = check_writable(req.out / name)
+    out_dir = check_output_folder(req.out / name)
     tables = {t: content_hash(_PACKAGE_DIR / t) for t in _FACT_TABLES}
     runs: list[StageRun] = []
 

@@ -6,15 +6,21 @@ place, so an interrupted or failed run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -84,13 +90,216 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def replace_dir(staging: Path, final: Path) -> None:
-    """Swap a fully written staging directory in for `final`: the old one is moved aside and
-    removed only after the new one is in place, so readers never see a half-written tree."""
-    old = final.with_name(f".{final.name}.old")
+# --- folders the tool owns and replaces as a whole (firmware/, edgetpu/) ----------------------
+#
+# A tool may only replace what it made. Each such folder carries a manifest of the files the
+# tool wrote; a folder without one is the user's and is never replaced. Files a user added to
+# an owned folder (a build directory, notes) are carried over into the new folder, never
+# deleted. The swap is one atomic rename (Linux renameat2 RENAME_EXCHANGE); where that is not
+# available, two renames, and the next run restores the previous folder if it was interrupted
+# between them. Only files named in a manifest are ever deleted.
+
+MANIFEST = ".edge-deploy-manifest.json"
+_STAGING, _OLD = "staging", "old"
+
+
+def staging_dir(final: Path) -> Path:
+    """A hidden sibling of `final` to write the new folder into; its name carries our pid so a
+    concurrent run's recovery leaves it alone while we live."""
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.{_STAGING}-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise PipelineError(f"cannot create the output directory: {exc.strerror or exc}", path=final,
+                            field="--out", fix="choose a writable directory") from None
+
+
+def write_manifest(folder: Path, generator: str) -> None:
+    """Record every file under `folder` as made by the tool (call when the folder is complete)."""
+    files = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() and f.name != MANIFEST)
+    (folder / MANIFEST).write_text(json.dumps({"generated_by": f"{generator}, do not edit: this folder is "
+                                               "replaced as a whole when it is generated again",
+                                               "files": files}, indent=1) + "\n")
+
+
+def owned_files(folder: Path, legacy: Callable[[Path], set[str] | None] | None = None) -> set[str] | None:
+    """The files under `folder` the tool made (relative paths), or None when the folder is not
+    the tool's. `legacy` recognises folders written before manifests existed."""
+    try:
+        record = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return legacy(folder) if legacy else None
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return {f for f in files if _is_inside(f)} | {MANIFEST}
+
+
+def _is_inside(rel: str) -> bool:
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+def _foreign_roots(folder: Path, owned: set[str]) -> list[str]:
+    """The smallest set of paths under `folder` holding everything the tool did not make: a
+    directory with no owned file below it counts as one entry."""
+    owned_dirs = {str(p) for f in owned for p in Path(f).parents if str(p) != "."}
+    roots = []
+
+    def walk(d: Path) -> None:
+        for entry in sorted(d.iterdir()):
+            rel = str(entry.relative_to(folder))
+            if entry.is_dir() and not entry.is_symlink() and rel in owned_dirs:
+                walk(entry)
+            elif rel not in owned or entry.is_dir() or entry.is_symlink():
+                roots.append(rel)
+
+    walk(folder)
+    return roots
+
+
+def ensure_replaceable(final: Path, *, option: str = "--out",
+                       legacy: Callable[[Path], set[str] | None] | None = None) -> None:
+    """Refuse, before any work, a destination the tool may not replace: a file, a symlink, or a
+    non-empty folder it did not make."""
+    recover_interrupted(final, legacy)
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise PipelineError("exists and is not a folder: it would be replaced", path=final, field=option,
+                            fix=f"pass a new or empty folder to {option}")
+    if not final.is_dir():
+        return
+    try:
+        empty = not any(final.iterdir())
+    except OSError as exc:
+        raise PipelineError(f"cannot read the folder: {exc.strerror or exc}", path=final, field=option,
+                            fix=f"pass a readable folder to {option}") from None
+    if not empty and owned_files(final, legacy) is None:
+        raise PipelineError(f"is a folder edge-deploy did not make (no {MANIFEST}); it would be replaced "
+                            "as a whole", path=final, field=option,
+                            fix=f"pass a new or empty folder to {option}")
+
+
+def replace_owned_dir(staging: Path, final: Path, *, option: str = "--out",
+                      legacy: Callable[[Path], set[str] | None] | None = None) -> None:
+    """Swap a complete staging folder in for `final`. Files in `final` the tool did not make
+    move into the new folder; a name clash with a new file is refused before anything moves."""
     public_mode(staging)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
+    ensure_replaceable(final, option=option, legacy=legacy)
+    if not final.exists():
+        staging.rename(final)
+        return
+    owned = owned_files(final, legacy) or {MANIFEST}
+    foreign = _foreign_roots(final, owned)
+    clashes = [rel for rel in foreign if (staging / rel).exists() or (staging / rel).is_symlink()]
+    if clashes:
+        raise PipelineError(f"holds {', '.join(clashes[:3])} that edge-deploy did not write, and the new "
+                            "project has a file of that name", path=final, field=option,
+                            fix="move those files out of the folder, or pass a new folder")
+    old = _swap(staging, final)
+    _settle(old, final, legacy)
+
+
+def _swap(staging: Path, final: Path) -> Path:
+    """Exchange the two folders; returns where the previous folder now is."""
+    if _rename_exchange(staging, final):
+        old = staging.with_name(staging.name.replace(f".{_STAGING}-", f".{_OLD}-", 1))
+        staging.rename(old)  # the previous folder, now at the staging name
+        return old
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_OLD}-{os.getpid()}-", dir=final.parent))
+    old.rmdir()
+    final.rename(old)  # interrupted here: the next run restores `old` (recover_interrupted)
     staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    return old
+
+
+def _settle(old: Path, final: Path, legacy) -> None:
+    """Carry the user's files from the previous folder into the new one, then delete only what
+    the tool made."""
+    owned = owned_files(old, legacy) or {MANIFEST}
+    for rel in _foreign_roots(old, owned):
+        target = final / rel
+        if target.exists() or target.is_symlink():
+            continue  # a clash appeared meanwhile: keep it where it is, never overwrite
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (old / rel).rename(target)
+    _discard(old, owned)
+
+
+def _discard(folder: Path, owned: set[str]) -> None:
+    """Delete the files the tool made and the folders left empty; anything else stays."""
+    for rel in owned:
+        f = folder / rel
+        if f.is_file() and not f.is_symlink():
+            f.unlink()
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                    key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        log.warning("left %s in place: it holds files edge-deploy did not write", folder)
+
+
+def _pid_alive(name: str) -> bool:
+    m = re.search(rf"\.(?:{_STAGING}|{_OLD})-(\d+)-", name)
+    if not m:
+        return False
+    if int(m.group(1)) == os.getpid():
+        return True  # this process's own folder, still in use
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def recover_interrupted(final: Path, legacy: Callable[[Path], set[str] | None] | None = None) -> None:
+    """Finish what an interrupted run left: restore the previous folder when the swap stopped
+    half-way, and clear staging and old folders of runs that are no longer alive."""
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    leftovers = sorted(p for p in parent.glob(f".{glob.escape(final.name)}.*-*")
+                       if p.is_dir() and re.match(rf"\.{re.escape(final.name)}\.(?:{_STAGING}|{_OLD})-", p.name)
+                       and not _pid_alive(p.name))
+    for left in leftovers:
+        owned = owned_files(left, legacy)
+        if owned is None:
+            continue  # not a folder we finished writing: nothing in it is ours to judge
+        if not final.exists() and f".{_OLD}-" in left.name:
+            left.rename(final)  # the swap was interrupted after the old folder moved aside
+            log.warning("restored %s from an interrupted run", final)
+        elif final.is_dir():
+            _settle(left, final, legacy)
+        else:
+            _discard(left, owned)
+    for left in leftovers:  # staging folders that never got a manifest: only our own renders
+        if left.is_dir() and f".{_STAGING}-" in left.name and owned_files(left, legacy) is None:
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where the system
+    or the file system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -204,7 +204,7 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
             tolerance: int = 0, timeout: float = 5.0, retries: int = 2) -> HilResult:
     """INFO (same model?), then every golden vector through RUN, compared with the host TFLM."""
     from .firmware import golden_inputs, io_specs
-    from .report import REPORT_JSON, update_report
+    from .report import is_pipeline_output, update_report
     from .tflite_model import read_model
     from .tflm_runner import run_tflm
 
@@ -239,7 +239,7 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
             result.vectors.append({"name": name, "passed": worst <= tolerance, "max_difference": worst,
                                    "device_us": micros, "device_cycles": cycles or None})
         result.retries = client.retried
-        if (model_path.parent / REPORT_JSON).is_file():
+        if is_pipeline_output(model_path.parent):
             update_report(model_path.parent, model_path.parent.name, "hil",
                           {k: v for k, v in result.to_json().items() if k != "port"})
         return result

@@ -21,11 +21,11 @@ import numpy as np
 from . import demo
 from .data import SampleSet, load_samples, precheck_data_spec
 from .errors import PipelineError
-from .fileio import check_writable, safe_name, write_bytes_atomic
+from .fileio import safe_name, write_bytes_atomic
 from .litert import LiteRTModel, litert_version
 from .model import (IO_TYPES, MODES, Evaluation, QuantizeResult, TensorSpec, WeightQuantization,
                     quantized_file_name)
-from .report import update_report
+from .report import check_output_folder, mark_output_folder, update_report
 from .tflite_model import TFLiteModel, parse_model
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def resolve_model_source(spec: str, cache_dir: Path) -> ModelSource:
 
 def quantize(req: QuantizeRequest) -> QuantizeResult:
     io_type = check_options(req)
-    out_dir = check_writable(req.out / safe_name(req.name or Path(req.model).stem))
+    out_dir = check_output_folder(req.out / safe_name(req.name or Path(req.model).stem))
     name = out_dir.name
     source = resolve_model_source(req.model, req.out / ".cache")
     precheck_data_spec(req.data, "--data")
@@ -149,6 +149,7 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
         tool_versions={"tensorflow": tf.__version__, "keras": version("keras"),
                        "litert": litert_version()},
     )
+    mark_output_folder(out_dir)
     write_bytes_atomic(result.float_model, float_bytes)
     write_bytes_atomic(result.quantized_model, quant_bytes)
     update_report(out_dir, name, "quantize", result.to_json())

@@ -9,6 +9,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from markupsafe import Markup
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9_]")
 
@@ -21,7 +23,7 @@ def c_ident(name: str) -> str:
     return ident
 
 
-def c_string(text: str) -> str:
+def c_string(text: str) -> Markup:
     """Escape for the inside of a C string literal (octal escapes: no hex run-on)."""
     out = []
     for ch in str(text).encode("utf-8"):
@@ -32,7 +34,89 @@ def c_string(text: str) -> str:
             out.append(c)
         else:
             out.append(f"\\{ch:03o}")
-    return "".join(out)
+    return Markup("".join(out))
+
+
+def comment_text(text: str) -> Markup:
+    """Text for one line of a `//`, `/* */` or `#` comment: no line breaks (they would end the
+    comment: the rest of a file name would become code), no backslash (it splices the next
+    line into a `//` comment), no `*/`."""
+    cleaned = "".join("_" if _is_break(ch) else "/" if ch == "\\" else ch for ch in str(text))
+    return Markup(cleaned.replace("*/", "*_/").replace("??", "?_?"))
+
+
+def cmake_string(text: str) -> Markup:
+    """Escape for the inside of a quoted CMake argument: no variable references, list
+    separators or quotes from the data, one line."""
+    out = []
+    for ch in str(text):
+        if ch in '\\"$;@':
+            out.append("\\" + ch)
+        elif _is_break(ch):
+            out.append("_")
+        else:
+            out.append(ch)
+    return Markup("".join(out))
+
+
+def c_float(value) -> Markup:
+    """A float literal for C; a NaN or infinite value is refused, never written as `nanf`."""
+    import math
+
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number for generated C: {value!r}")
+    return Markup(f"{value!r}f")
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\<>[]|"})
+
+
+def md_text(value) -> Markup:
+    """Plain text in Markdown (prose or a table cell): no raw HTML, links or images, no cell
+    or line breaks from the data. Backticks stay: a code span cannot break out of its cell."""
+    text = "".join(" " if _is_break(ch) else ch for ch in str(value))
+    return Markup(text.translate(_MD_SPECIAL))
+
+
+def md_code(value) -> Markup:
+    """`value` as one inline code span, whatever backticks it holds (CommonMark: fence with a
+    longer run of backticks); `|` still escaped, as GFM tables split cells before code spans."""
+    text = "".join(" " if _is_break(ch) else ch for ch in str(value)).replace("|", "\\|")
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.strip()) else ""
+    return Markup(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _is_break(ch: str) -> bool:
+    import unicodedata
+
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
+# What a value may contain when a C/C++/CMake template prints it without an escaping filter:
+# anything else (quotes, backslashes, `$`, `*`, `;`, line breaks, non-ASCII) must go through
+# the filter for its context. A forgotten filter is then a loud error, never an injection.
+_CODE_SAFE = re.compile(r"[A-Za-z0-9 _.,:+=/()\[\]{}<>@%'!&|~^#-]*")
+
+
+def _finalize_code(value):
+    if isinstance(value, Markup) or not isinstance(value, str):
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                _finalize_code(item)
+        return value
+    if not _CODE_SAFE.fullmatch(value):
+        raise ValueError(f"unescaped value in generated code: {value!r} (use c_string, comment_text or "
+                         "cmake_string in the template)")
+    return value
+
+
+def _finalize_markdown(value):
+    if isinstance(value, Markup) or value is None or isinstance(value, (bool, int, float)):
+        return value
+    return md_text(value)
 
 
 def _pct(value, digits: int = 1) -> str:
@@ -49,8 +133,15 @@ def _human_bytes(n) -> str:
     return str(n)
 
 
+_FILTERS = dict(c_ident=c_ident, c_string=c_string, comment_text=comment_text, cmake_string=cmake_string,
+                c_float=c_float, md_code=md_code, md_text=md_text, pct=_pct, human_bytes=_human_bytes)
+
+
 @cache
-def environment():
+def environment(kind: str = "code"):
+    """`code` (C/C++/CMake): values print as they are but must be safe there or pass an escaping
+    filter; `markdown`: every value is Markdown-escaped unless a filter already made it safe;
+    `svg`: XML autoescaping."""
     import jinja2
 
     env = jinja2.Environment(
@@ -59,11 +150,16 @@ def environment():
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,
+        autoescape=kind == "svg",
+        finalize={"code": _finalize_code, "markdown": _finalize_markdown}.get(kind),
     )
-    env.filters.update(c_ident=c_ident, c_string=c_string, pct=_pct, human_bytes=_human_bytes)
+    env.filters.update(_FILTERS)
     return env
 
 
+_KIND_BY_SUFFIX = {".md.j2": "markdown", ".svg.j2": "svg"}
+
+
 def render(template: str, **context) -> str:
-    return environment().get_template(template).render(**context)
+    kind = next((k for suffix, k in _KIND_BY_SUFFIX.items() if template.endswith(suffix)), "code")
+    return environment(kind).get_template(template).render(**context)

@@ -19,6 +19,7 @@ from .errors import ModelFormatError
 FILE_IDENTIFIER = b"TFL3"
 SCHEMA_PACKAGE = "tflite"  # generated from TensorFlow's schema.fbs; version in `schema_version()`
 _MIN_FILE = 16  # root offset + identifier + the smallest vtable
+_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int4": (-8, 7)}
 
 
 @cache
@@ -189,6 +190,27 @@ class TFLiteModel:
             if sig.key == "serving_default":
                 return sig
         return self.signatures[0] if self.signatures else None
+
+    def invalid_quantization(self) -> list[str]:
+        """Tensors whose quantization no runtime can use: a scale that is NaN, infinite or not
+        positive, or a zero point outside its type. Such a file is corrupt (or was calibrated on
+        NaN data); every target would compute garbage or abort, and generated C would not compile."""
+        import math
+
+        found = []
+        for t in self.main.tensors:
+            q = t.quantization
+            if q is None:
+                continue
+            bad = next((s for s in q.scales if not math.isfinite(s) or s <= 0), None)
+            if bad is not None:
+                found.append(f"tensor {t.index} '{t.name}' has quantization scale {bad!r}")
+                continue
+            lo, hi = _INT_RANGES.get(t.dtype, (None, None))
+            if lo is not None and any(not lo <= z <= hi for z in q.zero_points):
+                zp = next(z for z in q.zero_points if not lo <= z <= hi)
+                found.append(f"tensor {t.index} '{t.name}' has zero point {zp} outside {t.dtype}")
+        return found
 
     def op_names(self) -> list[str]:
         """Distinct op names over all subgraphs, in order of first use."""

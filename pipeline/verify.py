@@ -23,7 +23,7 @@ from .data import SampleSet, load_samples
 from .errors import NotDeployableError, PipelineError
 from .litert import LiteRTModel, litert_version, quantize_array
 from .model import TensorSpec
-from .report import REPORT_JSON, update_report
+from .report import is_pipeline_output, update_report
 from .tflite_model import read_model
 from .versions import package_version
 
@@ -178,7 +178,7 @@ def verify(model_path: Path, *, data: str | None = None, samples: int = DEFAULT_
     backends.append(_edgetpu_backend(model_path))
     result = VerifyResult(samples=sample_set.count, source=sample_set.source, labelled=labels is not None,
                           backends=backends, comparisons=comparisons, checks=checks)
-    if (model_path.parent / REPORT_JSON).is_file():
+    if is_pipeline_output(model_path.parent):
         update_report(model_path.parent, model_path.parent.name, "verify", result.to_json())
     return result
 

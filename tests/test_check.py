@@ -188,3 +188,49 @@ def test_bad_tflite_files_exit_2(tmp_path, content):
     proc = run_invoke("check", "--model", str(f))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(f) in proc.stderr and "fix:" in proc.stderr
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -0.5])
+def test_an_unusable_quantization_scale_is_not_deployable(tmp_path, scale):
+    """A corrupt scale would make every runtime compute garbage (or TFLM abort) and the generated
+    model_settings.h would not compile; `check --strict` must say so and exit 1."""
+    from tflite_builder import ModelBuilder
+
+    mb = ModelBuilder()
+    x = mb.tensor("x", (1, 4), scale=scale)
+    y = mb.tensor("y", (1, 4))
+    mb.op("RELU", [x], [y])
+    path = tmp_path / "bad_scale.tflite"
+    path.write_bytes(mb.build([x], [y]))
+    r = check(str(path), target="all")
+    assert not r.deployable and not r.edgetpu.compatible and not r.tflm.compatible
+    assert "invalid quantization" in r.tflm.model_problem and "scale" in r.edgetpu.model_problem
+    proc = subprocess.run(invoke_cmd() + ["check", "--model", str(path), "--strict"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "invalid quantization" in proc.stdout and "Traceback" not in proc.stderr
+    from pipeline.errors import NotDeployableError
+    from pipeline.firmware import generate_firmware
+
+    with pytest.raises(NotDeployableError, match="invalid quantization"):
+        generate_firmware(path)
+    assert not (tmp_path / "firmware").exists()
+
+
+def test_check_never_overwrites_a_report_the_user_wrote(demo_int8, tmp_path):
+    """A report.md beside a model in a pipeline folder stays the user's when it is not ours;
+    a folder that is not a pipeline output gets no report at all."""
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    for f in ("model_int8.tflite", "report.json"):
+        (ours / f).write_bytes((demo_int8.output_dir / f).read_bytes())
+    (ours / "report.md").write_text("# my own notes\n")
+    check(str(ours / "model_int8.tflite"), target="edgetpu")
+    assert (ours / "report.md").read_text() == "# my own notes\n"
+    assert "check" in json.loads((ours / "report.json").read_text())
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "model_int8.tflite").write_bytes((demo_int8.output_dir / "model_int8.tflite").read_bytes())
+    (theirs / "report.json").write_text('{"mine": true}\n')
+    check(str(theirs / "model_int8.tflite"), target="edgetpu")
+    assert (theirs / "report.json").read_text() == '{"mine": true}\n'
+    assert sorted(p.name for p in theirs.iterdir()) == ["model_int8.tflite", "report.json"]

@@ -183,7 +183,7 @@ def test_success_writes_outputs_and_compares_with_prediction(model_dir, tmp_path
     assert r.compiled and r.compiler_version == V15
     out = model_dir / "edgetpu"
     assert sorted(p.name for p in out.iterdir()) == [
-        "compile.json", "compiler_stdout.txt", "model_int8_edgetpu.log", "model_int8_edgetpu.tflite"]
+        ".edge-deploy-manifest.json", "compile.json", "compiler_stdout.txt", "model_int8_edgetpu.log", "model_int8_edgetpu.tflite"]
     compiled = read_model(out / "model_int8_edgetpu.tflite")
     assert [op.op for op in compiled.main.operators] == ["CUSTOM:edgetpu-custom-op"]
     doc = json.loads((out / "compile.json").read_text())

@@ -247,3 +247,61 @@ def test_builds_self_tests_and_runs_under_qemu(demo_firmware, tflm_tree):
         qemu.kill()
         qemu.wait()
     assert hil.passed and "qemu" in hil.device["board"]
+
+
+# --- data loss and injection: --out only replaces what the tool made; names cannot inject --------
+
+@pytest.mark.parametrize("kind", ["user folder", "model folder", "a file", "cwd"])
+def test_out_never_replaces_what_the_tool_did_not_make(demo_firmware, tmp_path, kind):
+    model = demo_firmware.output_dir.parent / "model_int8.tflite"
+    work = tmp_path / "work"
+    work.mkdir()
+    for f in ("model_int8.tflite", "report.json"):
+        (work / f).write_bytes((model.parent / f).read_bytes())
+    target = {"user folder": tmp_path / "mine", "model folder": work, "a file": tmp_path / "notes.txt",
+              "cwd": "."}[kind]
+    if kind == "user folder":
+        target.mkdir()
+        (target / "main.c").write_text("int main(void) { return 0; }\n")
+    if kind == "a file":
+        target.write_text("notes\n")
+    cwd = work if kind == "cwd" else ROOT
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    proc = subprocess.run(invoke_cmd() + ["-r", str(ROOT), "firmware", "--model", str(work / "model_int8.tflite"),
+                                          "--out", str(target)], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "--out" in proc.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, "nothing changed"
+
+
+def test_a_hostile_model_file_name_cannot_inject_into_generated_files(tmp_path):
+    """A file name with line breaks, a comment end and quotes reaches banners and strings: each
+    generated file must still hold exactly its own lines and compile; CMake must configure
+    without running anything from the name."""
+    mb = ModelBuilder()
+    x = mb.tensor('in\n#error from a tensor name */ "q\\', (1, 4))
+    y = mb.tensor("out\r\nfile(WRITE pwned3.txt x)\n", (1, 4))
+    mb.op("RELU", [x], [y])
+    d = tmp_path / 'evil\nfile(WRITE pwned.txt "x")\n#error injected * "q\\'
+    d.mkdir()
+    name = 'm\nfile(WRITE pwned2.txt "x")\n#error injected *\\.tflite'
+    (d / name).write_bytes(mb.build([x], [y]))
+    r = generate_firmware(d / name)
+    for rel in r.files:
+        text = (r.output_dir / rel).read_text()
+        assert not any(line.startswith(("#error", "file(WRITE")) for line in text.splitlines()), rel
+    compile_cxx(r.output_dir / "test_vectors.cc", tmp_path, r.output_dir)
+    compile_cxx(r.output_dir / "model_data.cc", tmp_path, r.output_dir)
+    if not shutil.which("cmake"):
+        pytest.skip("cmake is not installed: the CMake part is not checked")
+    stub = tmp_path / "tree" / "tensorflow" / "lite" / "micro"
+    stub.mkdir(parents=True)
+    (stub / "micro_interpreter.h").write_text("")
+    (stub / "stub.cc").write_text("")  # configuring needs one source; nothing is built
+    build = tmp_path / "configure"
+    project = shutil.copytree(r.output_dir, tmp_path / "project")  # CMake itself mangles a '\\' in -S
+    proc = subprocess.run(["cmake", "-S", str(project), "-B", str(build), f"-DTFLM_TREE={tmp_path / 'tree'}"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.rglob("pwned*")), "a line from the file name ran at configure time"

@@ -302,6 +302,20 @@ def test_unwritable_output_directory(run_quantize, tmp_path):
     assert info.value.exit_code == 2 and info.value.field == "--out"
 
 
+
+def test_an_output_folder_the_tool_did_not_make_is_refused(run_quantize, tmp_path):
+    """build/<name>/ holding a user's files (here their own model_int8.tflite and notes) would be
+    overwritten: refused before any work, nothing touched."""
+    mine = tmp_path / "out" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "model_int8.tflite").write_bytes(b"the user's own model")
+    (mine / "notes.md").write_text("notes")
+    with pytest.raises(PipelineError, match="was not made by edge-deploy") as info:
+        run_quantize(name="mine", out=tmp_path / "out")
+    assert info.value.exit_code == 2 and info.value.field == "--out"
+    assert (mine / "model_int8.tflite").read_bytes() == b"the user's own model"
+    assert sorted(p.name for p in mine.iterdir()) == ["model_int8.tflite", "notes.md"]
+
 def _sine_layer_class():
     import keras
 

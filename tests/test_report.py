@@ -23,3 +23,37 @@ def test_corrupt_report_is_replaced(tmp_path):
 def test_c_ident():
     assert c_ident("9lives-model.v2") == "m_9lives_model_v2"
     assert c_ident("") == "m_"
+
+
+def test_a_hand_edited_report_cannot_inject_markdown_html_or_svg(tmp_path):
+    """Every string of report.json may be hostile: it must not add HTML, links, table cells or
+    lines to report.md, nor markup to the partition SVG."""
+    from pipeline.templating import render
+
+    evil = 'x</td><script>alert(1)</script>|![t](http://e.vil/p.png)\n# heading\\'
+    op = {"index": 0, "op": evil, "mapped": False, "status": evil, "fix": evil}
+    report = {"model": evil, "generated_by": "edge-deploy test",
+              "quantize": {"mode": "int8", "deployable_to": ["tflm"], "source_model": evil,
+                           "files": {"float": {"path": evil, "bytes": 1}, "quantized": {"path": evil, "bytes": 1}},
+                           "size_ratio": 1.0, "inputs": [{"name": "a`b`|c", "shape": [1], "dtype": evil,
+                                                           "scale": 0.1, "zero_point": 0}],
+                           "outputs": [], "weights": {"per_channel": 0, "per_tensor": 0},
+                           "calibration": {"samples": 1, "source": evil, "requested": 1},
+                           "evaluation": None, "tool_versions": {evil: evil}},
+              "check": {"deployable": False, "target": evil,
+                        "edgetpu": {"rules": evil, "mapped_ops": 0, "total_ops": 1, "cut_at": 0,
+                                    "model_problem": evil, "ops": [op],
+                                    "parameter_memory": {"total_bytes": 1, "off_chip_streamed_bytes": 0}},
+                        "tflm": None, "board": None}}
+    md = render("report.md.j2", report=report)
+    import re
+
+    assert "<script>" not in md and "</td>" not in md and not re.search(r"(?<!\\)\]\(", md)
+    assert "\n# heading" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| 0 |")]
+    assert len(rows) == 1 and rows[0].count(" | ") == 3, rows  # the op row keeps its 4 cells
+    svg = render("edgetpu_partition.svg.j2", ops=[op], name=evil)
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    import xml.dom.minidom
+
+    xml.dom.minidom.parseString(svg)  # still well-formed XML

@@ -276,6 +276,9 @@ def _op_problem(model: TFLiteModel, op: Operator, runtime: int) -> tuple[str, st
 
 def _model_problem(model: TFLiteModel) -> tuple[str, str] | None:
     sg = model.main
+    if invalid := model.invalid_quantization():
+        return (f"invalid quantization: {invalid[0]}" + (f" (+{len(invalid) - 1} more)" if len(invalid) > 1 else ""),
+                "the file is corrupt or was calibrated on NaN/Inf data: quantize again (`invoke quantize`)")
     if any(t.is_dynamic for t in sg.tensors):
         return status("dynamic"), "fix every dimension (batch 1) before converting; `invoke quantize` does"
     quantized = any(t.dtype in EIGHT_BIT and t.quantization for t in sg.tensors if not t.is_constant)

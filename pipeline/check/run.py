@@ -9,7 +9,7 @@ from typing import Any
 
 from ..boards import board_fit, get_board
 from ..errors import PipelineError
-from ..report import REPORT_JSON, update_report
+from ..report import is_pipeline_output, update_report
 from ..tflite_model import read_model
 from .edgetpu import EdgeTPUReport, check_edgetpu
 from .tflm import TFLMReport, check_tflm
@@ -71,7 +71,7 @@ def check(model: str, *, target: str = "all", board: str | None = None, out: Pat
         fit = board_fit(board_preset, model_bytes=parsed.size,
                         arena_bytes=tflm.recommended_arena_bytes if tflm else None, io_bytes=io)
     result = CheckResult(model=path, target=target, edgetpu=edgetpu, tflm=tflm, board=fit)
-    if (path.parent / REPORT_JSON).is_file():  # inside a pipeline output: keep the report whole
+    if is_pipeline_output(path.parent):  # inside a pipeline output: keep the report whole
         update_report(path.parent, path.parent.name, "check", result.to_json())
     return result
 

@@ -131,7 +131,10 @@ def _verdict(model: TFLiteModel, op: Operator) -> TFLMOpVerdict:
 def static_check(model: TFLiteModel) -> tuple[list[TFLMOpVerdict], str | None]:
     verdicts = [_verdict(model, op) for sg in model.subgraphs[:1] for op in sg.operators]
     problem = None
-    if any(t.is_dynamic for t in model.main.tensors):
+    if invalid := model.invalid_quantization():
+        problem = (f"invalid quantization: {'; '.join(invalid[:3])}: the file is corrupt or was calibrated "
+                   "on NaN/Inf data (fix: quantize again with `invoke quantize`)")
+    elif any(t.is_dynamic for t in model.main.tensors):
         problem = "dynamic-sized tensors: TFLM needs static shapes (batch fixed to 1)"
     return verdicts, problem
 
