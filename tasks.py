@@ -79,7 +79,7 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
              name=None, out=None, verbose=False):
     """Full-integer post-training quantization of a Keras model to TFLite, with a report."""
     _setup_logging(verbose)
-    from pipeline.quantize import QuantizeRequest, quantize as run_quantize
+    from pipeline.stages.quantize import QuantizeRequest, quantize as run_quantize
 
     request = QuantizeRequest(
         model=_setting(c, "model", model), data=data, eval_data=eval_data, mode=mode, io_type=io_type,
@@ -143,7 +143,7 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
     import json as json_module
 
-    from pipeline.check.run import check as run_check, format_table
+    from pipeline.stages.check.run import check as run_check, format_table
 
     _setup_logging(False)
     result = _run(run_check, _setting(c, "model", model), target=target, board=board,
@@ -172,8 +172,8 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
             num_segments=None, intermediate_tensors=None, enable_multiple_subgraphs=False,
             search_delegate=False, delegate_search_step=None, timeout_sec=None, out=None):
     """Compile for the Edge TPU with edgetpu_compiler when installed; explain the result."""
-    from pipeline.check.run import resolve_model_path
-    from pipeline.compile import DEFAULT_WALL_TIMEOUT_S, CompileOptions, compile_edgetpu
+    from pipeline.stages.check.run import resolve_model_path
+    from pipeline.stages.compile import DEFAULT_WALL_TIMEOUT_S, CompileOptions, compile_edgetpu
 
     _setup_logging(False)
     ints = {k: _int_option(v, f"--{k.replace('_', '-')}") if v is not None else None for k, v in
@@ -210,8 +210,8 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
 def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, data=None, build=False,
              tflm_tree=None):
     """Render a TFLite Micro firmware project (CMake) that tests itself at boot."""
-    from pipeline.check.run import resolve_model_path
-    from pipeline.firmware import DEFAULT_VECTORS, build_and_verify, generate_firmware, tflm_tree_path
+    from pipeline.stages.check.run import resolve_model_path
+    from pipeline.stages.firmware import DEFAULT_VECTORS, build_and_verify, generate_firmware, tflm_tree_path
 
     _setup_logging(False)
     path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
@@ -256,9 +256,9 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
 })
 def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=None, max_drop=None):
     """Run the model on the host interpreters (LiteRT, TFLM) and compare with the float model."""
-    from pipeline.check.run import resolve_model_path
+    from pipeline.stages.check.run import resolve_model_path
     from pipeline.summary import verify_summary
-    from pipeline.verify import DEFAULT_SAMPLES, Thresholds, raise_if_failed, verify as run_verify
+    from pipeline.stages.verify import DEFAULT_SAMPLES, Thresholds, raise_if_failed, verify as run_verify
 
     _setup_logging(False)
     defaults = Thresholds()
@@ -290,8 +290,8 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
     """Run the golden vectors on a device over serial and compare with the host TFLM."""
     import json as json_module
 
-    from pipeline.check.run import resolve_model_path
-    from pipeline.hil import run_hil
+    from pipeline.stages.check.run import resolve_model_path
+    from pipeline.stages.hil import run_hil
 
     _setup_logging(False)
     path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
@@ -320,8 +320,8 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
 })
 def emulate(c, model=None, fault=None):
     """A device on a pseudo-terminal speaking the HIL protocol (TFLM interpreter behind it)."""
-    from pipeline.check.run import resolve_model_path
-    from pipeline.hil import Emulator
+    from pipeline.stages.check.run import resolve_model_path
+    from pipeline.stages.hil import Emulator
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

@@ -26,11 +26,11 @@ from common import timed  # noqa: E402
 BARE = """
 import sys
 from pathlib import Path
-from pipeline.quantize import QuantizeRequest, quantize
-from pipeline.check.run import check
-from pipeline.compile import compile_edgetpu
-from pipeline.firmware import generate_firmware
-from pipeline.verify import verify
+from pipeline.stages.quantize import QuantizeRequest, quantize
+from pipeline.stages.check.run import check
+from pipeline.stages.compile import compile_edgetpu
+from pipeline.stages.firmware import generate_firmware
+from pipeline.stages.verify import verify
 out = Path(sys.argv[1])
 q = quantize(QuantizeRequest(out=out))
 check(str(q.quantized_model), out=out)

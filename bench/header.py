@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("xxd"):
         sys.exit("xxd is not installed (Debian: apt-get install xxd)")
-    from pipeline.firmware import write_model_data_cc
+    from pipeline.stages.firmware import write_model_data_cc
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.tflite"
         model.write_bytes(os.urandom(args.mb * 1024 * 1024))

@@ -98,12 +98,12 @@ def demo_model_path(cache_dir: Path) -> Path:
     if path.is_file():
         return path
     log.info("training the demo model on scikit-learn digits (once; cached in %s)", cache_dir)
-    from .tf_runtime import import_tensorflow
+    from .runtime.tf import import_tensorflow
 
     tf = import_tensorflow()
     import keras
 
-    from .tf_runtime import captured_stderr
+    from .runtime.tf import captured_stderr
 
     keras.utils.set_random_seed(SPLIT_SEED)
     tf.config.experimental.enable_op_determinism()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import PACKAGE_DIR, PROJECT_DIR, __version__
 from .errors import NotDeployableError
 from .fileio import safe_name, write_json_atomic
 from .report import check_output_folder, read_report, update_report
@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 STAGE_DIR = ".stages"
 TARGETS = ("edgetpu", "tflm", "all")
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_FACT_TABLES = ("check/edgetpu_ops.json", "check/tflm_ops.json", "boards.toml")
+_FACT_TABLES = ("stages/check/edgetpu_ops.json", "stages/check/tflm_ops.json", "boards.toml")
 
 
 @dataclass(frozen=True)
@@ -160,12 +159,12 @@ def _run_stage(out_dir: Path, stage: str, key: str, force: bool, outputs: list[s
 # --- the chain -------------------------------------------------------------------------------
 
 def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run: None) -> DeployResult:
-    from .check.run import check as run_check
-    from .compile import compile_edgetpu, compiler_version, find_compiler
+    from .stages.check.run import check as run_check
+    from .stages.compile import compile_edgetpu, compiler_version, find_compiler
     from .data import precheck_data_spec
     from .demo import DEMO_NAME, DEMO_VERSION
-    from .firmware import DEFAULT_BOARD, generate_firmware
-    from .quantize import QuantizeRequest, check_options, quantize
+    from .stages.firmware import DEFAULT_BOARD, generate_firmware
+    from .stages.quantize import QuantizeRequest, check_options, quantize
 
     if req.target not in TARGETS:
         from .errors import PipelineError
@@ -182,7 +181,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
     precheck_data_spec(req.eval_data, "--eval-data")
     name = safe_name(req.name or Path(req.model).stem)
     out_dir = check_output_folder(req.out / name)
-    tables = {t: content_hash(_PACKAGE_DIR / t) for t in _FACT_TABLES}
+    tables = {t: content_hash(PACKAGE_DIR / t) for t in _FACT_TABLES}
     runs: list[StageRun] = []
 
     def done(run: StageRun) -> StageRun:
@@ -231,8 +230,8 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
     if req.target in ("tflm", "all") and tflm_ok:
         arena = checked["tflm"]["arena_bytes"]  # the check stage's binary search: not run twice
         measured = (arena, "the TFLM Python interpreter") if arena else None
-        skeleton = content_hash(_PACKAGE_DIR.parent / "firmware")
-        templates = content_hash(_PACKAGE_DIR.parent / "templates" / "firmware")
+        skeleton = content_hash(PROJECT_DIR / "firmware")
+        templates = content_hash(PROJECT_DIR / "templates" / "firmware")
         key = _key("firmware", model=model_hash, board=req.board or DEFAULT_BOARD, data=content_hash(req.data),
                    skeleton=skeleton, templates=templates, tables=tables, tflm=package_version("tflite-micro"))
         done(_run_stage(out_dir, "firmware", key, req.force, ["firmware"],
@@ -243,7 +242,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
                       "target is edgetpu" if req.target == "edgetpu" else "the TFLM check failed"))
 
     # verify: the host interpreters stand in for the hardware
-    from .verify import verify
+    from .stages.verify import verify
 
     key = _key("verify", model=model_hash, data=content_hash(req.eval_data or req.data),
                float=content_hash(out_dir / "model_float.tflite"),
@@ -254,7 +253,7 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
     # hil: only with a device attached; never cached (the device is not an input we can hash)
     hil_result: dict[str, Any] = {}
     if req.port:
-        from .hil import run_hil
+        from .stages.hil import run_hil
 
         start = time.perf_counter()
         hil_result = run_hil(model_path, req.port, baud=req.baud, data=req.data).to_json()

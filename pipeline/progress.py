@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .tf_runtime import real_stderr
+from .runtime.tf import real_stderr
 
 _BAR = 30
 _QUIET_FOR_S = 1.0  # work that finishes sooner shows nothing

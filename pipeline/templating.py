@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
 
 from markupsafe import Markup
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+from . import PROJECT_DIR
+
+TEMPLATE_DIR = PROJECT_DIR / "templates"
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 

@@ -13,7 +13,7 @@ SHARED_TESTDATA = ROOT.parent / "shared" / "testdata"
 CORAL_MODELS = SHARED_TESTDATA / "edgetpu-models"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as pipeline.tf_runtime sets it
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as pipeline.runtime.tf sets it
 
 
 def coral_model(name: str) -> Path:
@@ -31,7 +31,7 @@ def out_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_quantize(out_root):
     """Call the quantize stage as tasks.py does, into the session's output root."""
-    from pipeline.quantize import QuantizeRequest, quantize
+    from pipeline.stages.quantize import QuantizeRequest, quantize
 
     def run(**kwargs):
         kwargs.setdefault("out", out_root)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, coral_model, invoke_cmd
-from pipeline.check.edgetpu import check_edgetpu
-from pipeline.check.run import check
-from pipeline.check.tflm import check_tflm
+from pipeline.stages.check.edgetpu import check_edgetpu
+from pipeline.stages.check.run import check
+from pipeline.stages.check.tflm import check_tflm
 from pipeline.errors import PipelineError
 from pipeline.tflite_model import read_model
 
@@ -92,7 +92,7 @@ def test_unsupported_op_cuts_the_graph(run_quantize, tmp_path):
     """LEAKY_RELU is not an Edge TPU op: it and every op fed by it run on the CPU."""
     import keras
 
-    from pipeline.tf_runtime import import_tensorflow
+    from pipeline.runtime.tf import import_tensorflow
 
     import_tensorflow()
     keras.utils.set_random_seed(4)
@@ -209,7 +209,7 @@ def test_an_unusable_quantization_scale_is_not_deployable(tmp_path, scale):
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "invalid quantization" in proc.stdout and "Traceback" not in proc.stderr
     from pipeline.errors import NotDeployableError
-    from pipeline.firmware import generate_firmware
+    from pipeline.stages.firmware import generate_firmware
 
     with pytest.raises(NotDeployableError, match="invalid quantization"):
         generate_firmware(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, invoke_cmd
-from pipeline.compile import (STATUS_FIXES, CompileOptions, compile_edgetpu, find_compiler,
+from pipeline.stages.compile import (STATUS_FIXES, CompileOptions, compile_edgetpu, find_compiler,
                               parse_compiler_output, parse_size)
 from pipeline.errors import NotDeployableError, PipelineError
 from pipeline.tflite_model import read_model

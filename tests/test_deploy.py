@@ -112,7 +112,7 @@ def test_changed_data_reruns_quantize_and_an_interrupt_keeps_the_previous_output
     def interrupted(request):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.quantize.quantize", interrupted)
+    monkeypatch.setattr("pipeline.stages.quantize.quantize", interrupted)
     with pytest.raises(KeyboardInterrupt):
         deploy(DeployRequest(out=out, data=str(data)))
     assert model.read_bytes() == before, "the previous good model is intact"
@@ -126,7 +126,7 @@ def test_unsupported_model_is_not_deployable(run_quantize, tmp_path):
     """LEAKY_RELU cuts the Edge TPU graph: deploy --target edgetpu is exit 1 with the reason."""
     import keras
 
-    from pipeline.tf_runtime import import_tensorflow
+    from pipeline.runtime.tf import import_tensorflow
 
     import_tensorflow()
     keras.utils.set_random_seed(5)

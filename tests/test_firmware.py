@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, invoke_cmd
 from pipeline.errors import NotDeployableError
-from pipeline.firmware import (build_and_verify, c_array_body, generate_firmware, tflm_tree_path)
-from pipeline.tflm_runner import run_tflm
+from pipeline.stages.firmware import (build_and_verify, c_array_body, generate_firmware, tflm_tree_path)
+from pipeline.runtime.tflm_runner import run_tflm
 from tflite_builder import ModelBuilder
 
 GXX = shutil.which("g++")
@@ -225,7 +225,7 @@ def test_builds_self_tests_and_runs_under_qemu(demo_firmware, tflm_tree):
     assert cross["passed"] and cross["selftest"] == "SELFTEST PASS 4/4", cross["output"]
 
     # the same protocol against the real firmware: the host build over a pty ...
-    from pipeline.hil import run_hil, serve_on_pty, start_qemu_uart
+    from pipeline.stages.hil import run_hil, serve_on_pty, start_qemu_uart
 
     proc, port, slave = serve_on_pty([str(model.parent / "fw-host" / "selftest"), "--serve"])
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import demo
 from pipeline.errors import PipelineError
-from pipeline.litert import LiteRTModel
+from pipeline.runtime.litert import LiteRTModel
 from pipeline.tflite_model import read_model
 
 
@@ -161,7 +161,7 @@ def test_fewer_samples_than_asked_warns_and_continues(run_quantize, digits, tmp_
 def multi_input_keras(tmp_path_factory):
     import keras
 
-    from pipeline.tf_runtime import import_tensorflow
+    from pipeline.runtime.tf import import_tensorflow
 
     import_tensorflow()
     keras.utils.set_random_seed(1)
@@ -200,7 +200,7 @@ def test_multi_input_rejects_a_single_npy(run_quantize, multi_input_keras):
 def test_h5_and_savedmodel_sources(run_quantize, tmp_path, digits):
     import keras
 
-    from pipeline.tf_runtime import import_tensorflow
+    from pipeline.runtime.tf import import_tensorflow
 
     import_tensorflow()
     keras.utils.set_random_seed(2)
@@ -332,7 +332,7 @@ def test_ops_left_in_float_are_named(run_quantize, out_root, tmp_path, digits):
     reports success, so only reading the model back finds it."""
     import keras
 
-    from pipeline.tf_runtime import import_tensorflow
+    from pipeline.runtime.tf import import_tensorflow
 
     import_tensorflow()
     SineLayer = _sine_layer_class()

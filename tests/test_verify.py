@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, invoke_cmd
 from pipeline.errors import NotDeployableError, PipelineError
-from pipeline.verify import Thresholds, raise_if_failed, verify
+from pipeline.stages.verify import Thresholds, raise_if_failed, verify
 from tflite_builder import ModelBuilder
 
 

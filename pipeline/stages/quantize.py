@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import demo
-from .data import SampleSet, load_samples, precheck_data_spec
-from .errors import PipelineError
-from .fileio import safe_name, write_bytes_atomic
-from .litert import LiteRTModel, litert_version
-from .model import (IO_TYPES, MODES, Evaluation, QuantizeResult, TensorSpec, WeightQuantization,
+from .. import demo
+from ..data import SampleSet, load_samples, precheck_data_spec
+from ..errors import PipelineError
+from ..fileio import safe_name, write_bytes_atomic
+from ..runtime.litert import LiteRTModel, litert_version
+from ..model import (IO_TYPES, MODES, Evaluation, QuantizeResult, TensorSpec, WeightQuantization,
                     quantized_file_name)
-from .report import check_output_folder, mark_output_folder, update_report
-from .tflite_model import TFLiteModel, parse_model
+from ..report import check_output_folder, mark_output_folder, update_report
+from ..tflite_model import TFLiteModel, parse_model
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     precheck_data_spec(req.data, "--data")
     precheck_data_spec(req.eval_data, "--eval-data")
 
-    from .tf_runtime import import_tensorflow
+    from ..runtime.tf import import_tensorflow
 
     tf = import_tensorflow()
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
@@ -177,7 +177,7 @@ def _export_fixed_batch(tf, source: ModelSource, dest: Path) -> Path:
                                 fix="give the model a fixed input shape (keras.Input(shape=...))")
         specs.append(tf.TensorSpec((1, *dims), tensor.dtype, name=tensor.name))
     signature = [specs[0]] if len(specs) == 1 else [specs]
-    from .tf_runtime import captured_stderr
+    from ..runtime.tf import captured_stderr
 
     with captured_stderr():
         model.export(str(dest), format="tf_saved_model", input_signature=signature, verbose=False)
@@ -186,7 +186,7 @@ def _export_fixed_batch(tf, source: ModelSource, dest: Path) -> Path:
 
 def _rewrap_saved_model(tf, path: Path, dest: Path) -> Path:
     """Re-save a SavedModel's serving signature with batch fixed to 1 and static shapes."""
-    from .tf_runtime import captured_stderr
+    from ..runtime.tf import captured_stderr
 
     try:
         with captured_stderr():
@@ -224,14 +224,14 @@ def _rewrap_saved_model(tf, path: Path, dest: Path) -> Path:
 
 def _convert(tf, saved: Path, mode: str, *, source: ModelSource, io_type: str | None = None,
              calibration: SampleSet | None = None) -> bytes:
-    from .tf_runtime import captured_stderr
+    from ..runtime.tf import captured_stderr
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if mode != "float":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if calibration is not None:
         def representative_dataset():
-            from .progress import Progress
+            from ..progress import Progress
 
             with Progress(f"calibrating on {calibration.count} samples", calibration.count) as progress:
                 for i in range(calibration.count):

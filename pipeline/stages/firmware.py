@@ -17,18 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from . import TOOL_NAME, __version__
-from .boards import Board, board_fit, defaults, get_board
+from .. import PROJECT_DIR, TOOL_NAME, __version__
+from ..boards import Board, board_fit, defaults, get_board
 from .check.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
-from .errors import NotDeployableError, PipelineError
-from .fileio import ensure_replaceable, replace_owned_dir, safe_name, staging_dir, write_manifest
-from .report import is_pipeline_output, read_report, update_report
-from .templating import Markup, c_float, c_ident, environment
-from .tflite_model import Tensor, TFLiteModel, read_model
+from ..errors import NotDeployableError, PipelineError
+from ..fileio import ensure_replaceable, replace_owned_dir, safe_name, staging_dir, write_manifest
+from ..report import is_pipeline_output, read_report, update_report
+from ..templating import Markup, c_float, c_ident, environment
+from ..tflite_model import Tensor, TFLiteModel, read_model
 
 log = logging.getLogger(__name__)
 
-SKELETON_DIR = Path(__file__).resolve().parent.parent / "firmware"
+SKELETON_DIR = PROJECT_DIR / "firmware"
 DEFAULT_BOARD = "qemu-mps2-an386"  # the preset that runs without hardware
 DEFAULT_VECTORS = 4
 BYTES_PER_LINE = 16
@@ -139,7 +139,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     arena = round_arena(measured) + ARENA_MARGIN_BYTES
     inputs, outputs = io_specs(model)
     golden_in, names, source = golden_inputs(model, model_path, inputs, vectors, data)
-    from .tflm_runner import run_tflm
+    from ..runtime.tflm_runner import run_tflm
 
     golden_out = run_tflm(model_path, golden_in)
     report = read_report(model_path.parent) if is_pipeline_output(model_path.parent) else {}
@@ -239,12 +239,12 @@ def io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
 
 def golden_inputs(model: TFLiteModel, model_path: Path, inputs, count: int, data: str | None):
     """Quantized inputs: the demo's test digits, `--data` samples, or seeded random values."""
-    from .data import load_samples
-    from .litert import quantize_array
-    from .model import TensorSpec
+    from ..data import load_samples
+    from ..runtime.litert import quantize_array
+    from ..model import TensorSpec
 
     specs = [TensorSpec(t["name"], tuple(t["shape"]), "float32") for t in inputs]
-    from . import demo
+    from .. import demo
 
     real = None
     if data:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NotDeployableError, PipelineError
+from ..errors import NotDeployableError, PipelineError
 
 MAGIC = b"\xa5\x5a"
 HEADER = struct.Struct("<2sBBI")  # magic, type, seq, length
@@ -204,9 +204,9 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
             tolerance: int = 0, timeout: float = 5.0, retries: int = 2) -> HilResult:
     """INFO (same model?), then every golden vector through RUN, compared with the host TFLM."""
     from .firmware import golden_inputs, io_specs
-    from .report import is_pipeline_output, update_report
-    from .tflite_model import read_model
-    from .tflm_runner import run_tflm
+    from ..report import is_pipeline_output, update_report
+    from ..tflite_model import read_model
+    from ..runtime.tflm_runner import run_tflm
 
     model = read_model(model_path)
     inputs, outputs = io_specs(model)
@@ -265,7 +265,7 @@ class Emulator:
             raise PipelineError(f"unknown fault '{fault}'", field="--fault", fix=f"use one of {', '.join(FAULTS)}")
         self.model_bytes = model_path.read_bytes()
         self.interpreter = runtime.Interpreter.from_bytes(self.model_bytes, arena_size=arena or None)
-        from .tflite_model import parse_model
+        from ..tflite_model import parse_model
 
         model = parse_model(self.model_bytes, str(model_path))
         self.input_sizes = [int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in model.main.input_tensors()]

@@ -15,7 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..tflite_model import Operator, TFLiteModel
+from ... import PROJECT_DIR
+from ...tflite_model import Operator, TFLiteModel
 
 TABLE_PATH = Path(__file__).with_name("tflm_ops.json")
 ARENA_ALIGNMENT = 16
@@ -143,12 +144,12 @@ def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, 
     """(ran, smallest arena, error) from the TFLM interpreter in crash-isolated workers."""
     lo, hi = 0, None
     for _ in range(_MAX_RESTARTS):
-        cmd = [sys.executable, "-m", "pipeline.check.tflm_probe", str(model_path), str(inputs), str(lo)]
+        cmd = [sys.executable, "-m", "pipeline.runtime.tflm_probe", str(model_path), str(inputs), str(lo)]
         if hi is not None:
             cmd.append(str(hi))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
-                                  cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL)
+                                  cwd=PROJECT_DIR, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return False, None, f"the TFLM interpreter did not finish within {_PROBE_TIMEOUT_S} s"
         events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -3,7 +3,7 @@
 The interpreter can abort() the whole process, so it never runs inside the pipeline. Used for
 the firmware's golden outputs (the same library the device runs) and by verification.
 
-Worker protocol: `python -m pipeline.tflm_runner MODEL IN.npz OUT.npz ARENA OUTPUTS`; IN holds
+Worker protocol: `python -m pipeline.runtime.tflm_runner MODEL IN.npz OUT.npz ARENA OUTPUTS`; IN holds
 `input_<i>` arrays (N, ...) in the model's input dtypes, OUT gets `output_<i>` arrays.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PipelineError
+from .. import PROJECT_DIR
+from ..errors import PipelineError
 
 _TIMEOUT_S = 600
 
@@ -29,22 +30,22 @@ def run_tflm(model_path: Path, inputs: list[np.ndarray], arena_bytes: int | None
 def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
                    arena_bytes: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Outputs as `run_tflm`, and the seconds each invoke took."""
-    from .tflite_model import read_model
+    from ..tflite_model import read_model
 
     outputs = len(read_model(model_path).main.outputs)
     with tempfile.TemporaryDirectory(prefix="tflm-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
-        cmd = [sys.executable, "-m", "pipeline.tflm_runner", str(model_path), str(src), str(dst),
+        cmd = [sys.executable, "-m", "pipeline.runtime.tflm_runner", str(model_path), str(src), str(dst),
                str(arena_bytes or 0), str(outputs)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S,
-                                  cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL)
+                                  cwd=PROJECT_DIR, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise PipelineError(f"the TFLM interpreter did not finish within {_TIMEOUT_S} s",
                                 path=model_path, field="tflm") from None
         if proc.returncode != 0 or not dst.is_file():
-            from .check.tflm import explain_tflm_error, signal_name
+            from ..stages.check.tflm import explain_tflm_error, signal_name
 
             raise PipelineError(f"the TFLM interpreter failed ({signal_name(proc.returncode)}): "
                                 f"{explain_tflm_error(proc.stderr)}", path=model_path, field="tflm",

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..boards import board_fit, get_board
-from ..errors import PipelineError
-from ..report import is_pipeline_output, update_report
-from ..tflite_model import read_model
+from ...boards import board_fit, get_board
+from ...errors import PipelineError
+from ...report import is_pipeline_output, update_report
+from ...tflite_model import read_model
 from .edgetpu import EdgeTPUReport, check_edgetpu
 from .tflm import TFLMReport, check_tflm
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import TOOL_NAME, __version__
-from .errors import NotDeployableError, PipelineError
-from .fileio import ensure_replaceable, replace_owned_dir, staging_dir, write_manifest
-from .report import is_pipeline_output, update_report
-from .tflite_model import read_model
+from .. import TOOL_NAME, __version__
+from ..errors import NotDeployableError, PipelineError
+from ..fileio import ensure_replaceable, replace_owned_dir, staging_dir, write_manifest
+from ..report import is_pipeline_output, update_report
+from ..tflite_model import read_model
 
 log = logging.getLogger(__name__)
 
@@ -605,7 +605,7 @@ def run_on_device(compiled: Path, cpu_model: Path) -> dict[str, Any]:
     import numpy as np
     from pycoral.utils import edgetpu  # type: ignore[import-not-found]
 
-    from .litert import LiteRTModel
+    from ..runtime.litert import LiteRTModel
 
     tpu = edgetpu.make_interpreter(str(compiled))
     tpu.allocate_tensors()

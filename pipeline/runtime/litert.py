@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import SampleSet
-from .errors import PipelineError
-from .versions import package_version
+from ..data import SampleSet
+from ..errors import PipelineError
+from ..versions import package_version
 
 
 def litert_version() -> str:
@@ -38,7 +38,7 @@ class LiteRTModel:
         except ImportError:
             raise PipelineError("the LiteRT interpreter is not installed", field="ai-edge-litert",
                                 fix="pip install ai-edge-litert") from None
-        from .tf_runtime import captured_stderr
+        from .tf import captured_stderr
 
         try:
             with captured_stderr():  # "Created TensorFlow Lite XNNPACK delegate" and friends
@@ -59,7 +59,7 @@ class LiteRTModel:
     def run(self, samples: SampleSet, raw: bool = False) -> list[np.ndarray]:
         """Outputs per signature output (in name order), each (N, ...): float32 real values, or
         with `raw` the tensors as the model produced them (quantized integers)."""
-        from .tf_runtime import captured_stderr
+        from .tf import captured_stderr
 
         with captured_stderr():  # XNNPACK announces itself on the first invoke
             outputs = self._run(samples)
@@ -102,7 +102,7 @@ class LiteRTModel:
         return feed
 
     def _run(self, samples: SampleSet) -> list[np.ndarray]:
-        from .progress import Progress
+        from ..progress import Progress
 
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in sorted(self.output_details)}
         with Progress(f"evaluating {samples.count} samples", samples.count) as progress:

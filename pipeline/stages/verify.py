@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .data import SampleSet, load_samples
-from .errors import NotDeployableError, PipelineError
-from .litert import LiteRTModel, litert_version, quantize_array
-from .model import TensorSpec
-from .report import is_pipeline_output, update_report
-from .tflite_model import read_model
-from .versions import package_version
+from ..data import SampleSet, load_samples
+from ..errors import NotDeployableError, PipelineError
+from ..runtime.litert import LiteRTModel, litert_version, quantize_array
+from ..model import TensorSpec
+from ..report import is_pipeline_output, update_report
+from ..tflite_model import read_model
+from ..versions import package_version
 
 DEFAULT_SAMPLES = 200
 
@@ -79,7 +79,7 @@ class VerifyResult:
 def _samples(model_path: Path, inputs: list[TensorSpec], data: str | None, limit: int) -> SampleSet:
     if data:
         return load_samples(data, inputs, limit=limit, option="--data")
-    from . import demo
+    from .. import demo
 
     if demo.is_demo_model(model_path, [t.sample_shape for t in inputs]):
         return demo.split_samples("test", inputs, limit=limit)
@@ -119,7 +119,7 @@ def verify(model_path: Path, *, data: str | None = None, samples: int = DEFAULT_
     comparisons["xnnpack_vs_builtin_lsb"] = xnn_lsb
 
     # TFLM: the deployed library, fed the same quantized integers
-    from .tflm_runner import run_tflm_timed
+    from ..runtime.tflm_runner import run_tflm_timed
 
     q_inputs = []
     for t, n in zip(model.main.input_tensors(), names_in):
