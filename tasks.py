@@ -79,13 +79,13 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
              name=None, out=None, verbose=False):
     """Full-integer post-training quantization of a Keras model to TFLite, with a report."""
     _setup_logging(verbose)
-    from pipeline.stages.quantize import QuantizeRequest, quantize as run_quantize
+    from pipeline.deploy import DeployRequest, job_for_request, run_stage
 
-    request = QuantizeRequest(
+    request = DeployRequest(
         model=_setting(c, "model", model), data=data, eval_data=eval_data, mode=mode, io_type=io_type,
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=name,
         out=Path(_setting(c, "out", out)))
-    result = _run(run_quantize, request)
+    result = _run(run_stage, "quantize", job_for_request(request))
     from pipeline.summary import quantize_summary
 
     print(quantize_summary(result))
@@ -143,11 +143,14 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
     import json as json_module
 
-    from pipeline.stages.check.run import check as run_check, format_table
+    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage, validate_request
+    from pipeline.stages.check.run import format_table
 
     _setup_logging(False)
-    result = _run(run_check, _setting(c, "model", model), target=target, board=board,
-                  out=Path(_setting(c, "out", out)), run_interpreter=not no_interpreter)
+    request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter)
+    _run(validate_request, request)  # before the demo would be quantized for nothing
+    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", out)))
+    result = _run(run_stage, "check", job_for_model(path, request))
     print(json_module.dumps(result.to_json()) if json else format_table(result))
     if strict and not result.deployable:
         raise Exit(code=1)
@@ -172,8 +175,9 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
             num_segments=None, intermediate_tensors=None, enable_multiple_subgraphs=False,
             search_delegate=False, delegate_search_step=None, timeout_sec=None, out=None):
     """Compile for the Edge TPU with edgetpu_compiler when installed; explain the result."""
-    from pipeline.stages.check.run import resolve_model_path
-    from pipeline.stages.compile import DEFAULT_WALL_TIMEOUT_S, CompileOptions, compile_edgetpu
+    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
+    from pipeline.model import CompileOptions
+    from pipeline.stages.compile import DEFAULT_WALL_TIMEOUT_S
 
     _setup_logging(False)
     ints = {k: _int_option(v, f"--{k.replace('_', '-')}") if v is not None else None for k, v in
@@ -182,10 +186,11 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     options = CompileOptions(intermediate_tensors=intermediate_tensors,
                              enable_multiple_subgraphs=enable_multiple_subgraphs,
                              search_delegate=search_delegate, **ints)
-    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", out)))
+    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", out)))
     wall = _int_option(timeout, "--timeout") if timeout is not None else DEFAULT_WALL_TIMEOUT_S
-    result = _run(compile_edgetpu, path, compiler=compiler, options=options, wall_timeout_s=wall,
-                  require=require)
+    request = DeployRequest(compiler=compiler, compile_options=options, compile_timeout_s=wall,
+                            require_compiler=require)
+    result = _run(run_stage, "compile", job_for_model(path, request))
     print(f"compile: {result.message}")
     for line in result.explanations:
         print(f"  {line}")
@@ -210,18 +215,19 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
 def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, data=None, build=False,
              tflm_tree=None):
     """Render a TFLite Micro firmware project (CMake) that tests itself at boot."""
-    from pipeline.stages.check.run import resolve_model_path
-    from pipeline.stages.firmware import DEFAULT_VECTORS, build_and_verify, generate_firmware, tflm_tree_path
+    from pipeline.deploy import DeployRequest, job_for_model, record, resolve_model, run_stage
+    from pipeline.stages.firmware import DEFAULT_VECTORS, build_and_verify, firmware_options, tflm_tree_path
 
     _setup_logging(False)
-    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
     tree = _run(tflm_tree_path, tflm_tree) if build else None
     if build and tree is None:
         raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
     tolerance = _int_option(tolerance, "--tolerance") if tolerance else 0
-    result = _run(generate_firmware, path, out=Path(out) if out else None, board=board,
-                  vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS,
-                  tolerance=tolerance, data=data)
+    request = DeployRequest(board=board, firmware_out=Path(out) if out else None, tolerance=tolerance, data=data,
+                            vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS)
+    job = job_for_model(path, request, borrow=("quantize",))
+    result = _run(run_stage, "firmware", job)
     print(f"firmware: {result.output_dir} ({len(result.files)} files)")
     print(f"  resolver  MicroMutableOpResolver<{len(result.resolver_methods)}>: {', '.join(result.resolver_methods)}")
     print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured + margin)")
@@ -231,8 +237,8 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
         print(f"  board     {b['name']}: flash {b['flash']['headroom_percent']}% free, RAM {b['ram']['headroom_percent']}% free")
     if not build:
         return result
-    result = _run(build_and_verify, path, result, tree, board=board, vectors=result.vectors,
-                  tolerance=tolerance, data=data)
+    result = _run(build_and_verify, path, result, tree, **firmware_options(job))
+    record(job, "firmware", result)
     failed = False
     for run in result.builds.values():
         line = run.get("selftest") or run.get("reason") or "built"
@@ -256,9 +262,10 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
 })
 def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=None, max_drop=None):
     """Run the model on the host interpreters (LiteRT, TFLM) and compare with the float model."""
-    from pipeline.stages.check.run import resolve_model_path
+    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
+    from pipeline.model import Thresholds
+    from pipeline.stages.verify import DEFAULT_SAMPLES, raise_if_failed
     from pipeline.summary import verify_summary
-    from pipeline.stages.verify import DEFAULT_SAMPLES, Thresholds, raise_if_failed, verify as run_verify
 
     _setup_logging(False)
     defaults = Thresholds()
@@ -266,9 +273,10 @@ def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=N
         max_lsb_litert_vs_tflm=_int_option(max_lsb, "--max-lsb") if max_lsb is not None else defaults.max_lsb_litert_vs_tflm,
         min_top1_agreement=_float_option(min_agreement, "--min-agreement", defaults.min_top1_agreement),
         max_accuracy_drop_points=_float_option(max_drop, "--max-drop", defaults.max_accuracy_drop_points))
-    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
-    result = _run(run_verify, path, data=data, thresholds=thresholds,
-                  samples=_int_option(samples, "--samples") if samples else DEFAULT_SAMPLES)
+    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    request = DeployRequest(data=data, thresholds=thresholds,
+                            verify_samples=_int_option(samples, "--samples") if samples else DEFAULT_SAMPLES)
+    result = _run(run_stage, "verify", job_for_model(path, request))
     print(verify_summary(result))
     _run(raise_if_failed, result)
     return result
@@ -290,16 +298,16 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
     """Run the golden vectors on a device over serial and compare with the host TFLM."""
     import json as json_module
 
-    from pipeline.stages.check.run import resolve_model_path
-    from pipeline.stages.hil import run_hil
+    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
 
     _setup_logging(False)
-    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
-    result = _run(run_hil, path, port, baud=_int_option(baud, "--baud") if baud else 115200, data=data,
-                  count=_int_option(vectors, "--vectors") if vectors else 4,
-                  tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0,
-                  timeout=_float_option(timeout, "--timeout", 5.0),
-                  retries=_int_option(retries, "--retries") if retries is not None else 2)
+    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    request = DeployRequest(port=port, baud=_int_option(baud, "--baud") if baud else 115200, data=data,
+                            vectors=_int_option(vectors, "--vectors") if vectors else 4,
+                            tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0,
+                            hil_timeout_s=_float_option(timeout, "--timeout", 5.0),
+                            hil_retries=_int_option(retries, "--retries") if retries is not None else 2)
+    result = _run(run_stage, "hil", job_for_model(path, request))
     if json:
         print(json_module.dumps(result.to_json()))
     else:
@@ -320,12 +328,12 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
 })
 def emulate(c, model=None, fault=None):
     """A device on a pseudo-terminal speaking the HIL protocol (TFLM interpreter behind it)."""
-    from pipeline.stages.check.run import resolve_model_path
-    from pipeline.stages.hil import Emulator
+    from pipeline.deploy import resolve_model
+    from pipeline.runtime.device import Emulator
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
     emulator = _run(Emulator, path, fault=fault)
     print(emulator.port, flush=True)  # the first line: rigs read the port path from it
     try:

@@ -33,7 +33,7 @@ from pipeline.stages.firmware import generate_firmware
 from pipeline.stages.verify import verify
 out = Path(sys.argv[1])
 q = quantize(QuantizeRequest(out=out))
-check(str(q.quantized_model), out=out)
+check(q.quantized_model)
 compile_edgetpu(q.quantized_model)
 generate_firmware(q.quantized_model)
 verify(q.quantized_model)

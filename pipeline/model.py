@@ -134,3 +134,42 @@ class QuantizeResult:
             "labels": list(self.labels) if self.labels else None,
             "tool_versions": self.tool_versions,
         }
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    min_runtime_version: int | None = None
+    num_segments: int | None = None
+    intermediate_tensors: str | None = None
+    enable_multiple_subgraphs: bool = False
+    search_delegate: bool = False
+    delegate_search_step: int | None = None
+    timeout_sec: int | None = None  # the compiler's own timer (v16)
+
+    def arguments(self, out_dir: Path) -> list[str]:
+        args = ["--out_dir", str(out_dir), "--show_operations"]
+        if self.min_runtime_version is not None:
+            args += ["--min_runtime_version", str(self.min_runtime_version)]
+        if self.num_segments is not None:
+            args += ["--num_segments", str(self.num_segments)]
+        if self.intermediate_tensors:
+            args += ["--intermediate_tensors", self.intermediate_tensors]
+        if self.enable_multiple_subgraphs:
+            args.append("--enable_multiple_subgraphs")
+        if self.search_delegate:
+            args.append("--search_delegate")
+        if self.delegate_search_step is not None:
+            args += ["--delegate_search_step", str(self.delegate_search_step)]
+        if self.timeout_sec is not None:
+            args += ["--timeout_sec", str(self.timeout_sec)]
+        return args
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Defaults: the int8 model must match across interpreters exactly, keep top-1 with the
+    float model on 95% of samples, and lose at most 1 accuracy point."""
+
+    max_lsb_litert_vs_tflm: int = 0
+    min_top1_agreement: float = 0.95
+    max_accuracy_drop_points: float = 1.0

@@ -30,14 +30,23 @@ def out_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_quantize(out_root):
-    """Call the quantize stage as tasks.py does, into the session's output root."""
-    from pipeline.stages.quantize import QuantizeRequest, quantize
+    """Call the quantize stage as tasks.py does (the registry entry, then the report), into the
+    session's output root."""
+    from pipeline.deploy import DeployRequest, job_for_request, run_stage
 
     def run(**kwargs):
         kwargs.setdefault("out", out_root)
-        return quantize(QuantizeRequest(**kwargs))
+        return run_stage("quantize", job_for_request(DeployRequest(**kwargs)))
 
     return run
+
+
+def as_task(stage: str, model, **options):
+    """Run one stage on an existing .tflite as its task does: the registry entry, with the
+    quantize section of the model's report borrowed, and the stage's section recorded."""
+    from pipeline.deploy import DeployRequest, job_for_model, run_stage
+
+    return run_stage(stage, job_for_model(model, DeployRequest(**options), borrow=("quantize",)))
 
 
 @pytest.fixture(scope="session")

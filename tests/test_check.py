@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, coral_model, invoke_cmd
+from conftest import ROOT, as_task, coral_model, invoke_cmd
 from pipeline.stages.check.edgetpu import check_edgetpu
 from pipeline.stages.check.run import check
 from pipeline.stages.check.tflm import check_tflm
@@ -49,7 +49,7 @@ def test_custom_op_decoder_stays_on_cpu_without_cutting():
 
 
 def test_demo_maps_fully_and_runs_in_tflm(demo_int8):
-    r = check(str(demo_int8.quantized_model))
+    r = as_task("check", demo_int8.quantized_model)
     assert r.edgetpu.compatible and r.edgetpu.mapped_ops == r.edgetpu.total_ops == 7
     assert all(v.status == "Mapped to Edge TPU" for v in r.edgetpu.ops)
     assert r.tflm.compatible and r.tflm.interpreter_ran
@@ -224,13 +224,13 @@ def test_check_never_overwrites_a_report_the_user_wrote(demo_int8, tmp_path):
     for f in ("model_int8.tflite", "report.json"):
         (ours / f).write_bytes((demo_int8.output_dir / f).read_bytes())
     (ours / "report.md").write_text("# my own notes\n")
-    check(str(ours / "model_int8.tflite"), target="edgetpu")
+    as_task("check", ours / "model_int8.tflite", target="edgetpu")
     assert (ours / "report.md").read_text() == "# my own notes\n"
     assert "check" in json.loads((ours / "report.json").read_text())
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "model_int8.tflite").write_bytes((demo_int8.output_dir / "model_int8.tflite").read_bytes())
     (theirs / "report.json").write_text('{"mine": true}\n')
-    check(str(theirs / "model_int8.tflite"), target="edgetpu")
+    as_task("check", theirs / "model_int8.tflite", target="edgetpu")
     assert (theirs / "report.json").read_text() == '{"mine": true}\n'
     assert sorted(p.name for p in theirs.iterdir()) == ["model_int8.tflite", "report.json"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, invoke_cmd
+from conftest import ROOT, invoke_cmd, as_task
 from pipeline.stages.compile import (STATUS_FIXES, CompileOptions, compile_edgetpu, find_compiler,
                               parse_compiler_output, parse_size)
 from pipeline.errors import NotDeployableError, PipelineError
@@ -179,7 +179,7 @@ def model_dir(demo_int8, tmp_path):
 
 def test_success_writes_outputs_and_compares_with_prediction(model_dir, tmp_path):
     exe = make_compiler(tmp_path, "v15_full_show_ops_small_model.txt")
-    r = compile_edgetpu(model_dir / "model_int8.tflite", compiler=str(exe))
+    r = as_task("compile", model_dir / "model_int8.tflite", compiler=str(exe))
     assert r.compiled and r.compiler_version == V15
     out = model_dir / "edgetpu"
     assert sorted(p.name for p in out.iterdir()) == [

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, invoke_cmd
+from conftest import ROOT, invoke_cmd, as_task
 from pipeline.errors import NotDeployableError
 from pipeline.stages.firmware import (build_and_verify, c_array_body, generate_firmware, tflm_tree_path)
 from pipeline.runtime.tflm_runner import run_tflm
@@ -53,7 +53,7 @@ def demo_firmware(demo_int8, tmp_path_factory):
     d.mkdir()
     for f in ("model_int8.tflite", "report.json"):
         (d / f).write_bytes((demo_int8.output_dir / f).read_bytes())
-    return generate_firmware(d / "model_int8.tflite")
+    return as_task("firmware", d / "model_int8.tflite")
 
 
 def test_project_layout_and_banners(demo_firmware):
@@ -120,7 +120,7 @@ def test_golden_outputs_come_from_the_tflm_interpreter(demo_firmware):
 
 
 def test_generation_is_deterministic(demo_firmware, tmp_path):
-    again = generate_firmware(demo_firmware.output_dir.parent / "model_int8.tflite", out=tmp_path / "fw")
+    again = as_task("firmware", demo_firmware.output_dir.parent / "model_int8.tflite", firmware_out=tmp_path / "fw")
     assert again.files == demo_firmware.files
     for rel in demo_firmware.files:
         assert (tmp_path / "fw" / rel).read_bytes() == (demo_firmware.output_dir / rel).read_bytes(), rel
@@ -225,7 +225,8 @@ def test_builds_self_tests_and_runs_under_qemu(demo_firmware, tflm_tree):
     assert cross["passed"] and cross["selftest"] == "SELFTEST PASS 4/4", cross["output"]
 
     # the same protocol against the real firmware: the host build over a pty ...
-    from pipeline.stages.hil import run_hil, serve_on_pty, start_qemu_uart
+    from pipeline.runtime.device import serve_on_pty, start_qemu_uart
+    from pipeline.stages.hil import run_hil
 
     proc, port, slave = serve_on_pty([str(model.parent / "fw-host" / "selftest"), "--serve"])
     try:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, invoke_cmd
 from pipeline.errors import NotDeployableError, PipelineError
-from pipeline.stages.hil import MAGIC, FrameError, FrameParser, encode, parse_info, run_hil
+from pipeline.runtime.device import MAGIC, FrameError, FrameParser, encode, parse_info
+from pipeline.stages.hil import run_hil
 
 
 # --- framing ----------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_invoke_hil_for_a_rig(demo_int8):
 
 
 def test_emulator_rejects_a_run_of_the_wrong_size(demo_int8):
-    from pipeline.stages.hil import HilClient
+    from pipeline.runtime.device import HilClient
 
     with emulator(demo_int8.quantized_model) as port:
         client = HilClient(port, timeout=2.0)

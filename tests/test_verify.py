@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT, invoke_cmd
+from conftest import ROOT, invoke_cmd, as_task
 from pipeline.errors import NotDeployableError, PipelineError
 from pipeline.stages.verify import Thresholds, raise_if_failed, verify
 from tflite_builder import ModelBuilder
@@ -17,7 +17,7 @@ from tflite_builder import ModelBuilder
 
 @pytest.fixture(scope="module")
 def demo_verified(demo_int8):
-    return verify(demo_int8.quantized_model, samples=120)
+    return as_task("verify", demo_int8.quantized_model, verify_samples=120)
 
 
 def test_demo_interpreters_agree(demo_verified, demo_int8):

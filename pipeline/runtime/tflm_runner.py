@@ -9,15 +9,18 @@ Worker protocol: `python -m pipeline.runtime.tflm_runner MODEL IN.npz OUT.npz AR
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .. import PROJECT_DIR
 from ..errors import PipelineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _TIMEOUT_S = 600
 
@@ -30,6 +33,8 @@ def run_tflm(model_path: Path, inputs: list[np.ndarray], arena_bytes: int | None
 def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
                    arena_bytes: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Outputs as `run_tflm`, and the seconds each invoke took."""
+    import numpy as np
+
     from ..tflite_model import read_model
 
     outputs = len(read_model(model_path).main.outputs)
@@ -45,7 +50,7 @@ def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
             raise PipelineError(f"the TFLM interpreter did not finish within {_TIMEOUT_S} s",
                                 path=model_path, field="tflm") from None
         if proc.returncode != 0 or not dst.is_file():
-            from ..stages.check.tflm import explain_tflm_error, signal_name
+            from .process import signal_name
 
             raise PipelineError(f"the TFLM interpreter failed ({signal_name(proc.returncode)}): "
                                 f"{explain_tflm_error(proc.stderr)}", path=model_path, field="tflm",
@@ -54,7 +59,26 @@ def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
             return [out[f"output_{i}"] for i in range(outputs)], out["seconds"]
 
 
+_TFLM_ERROR_PATTERNS = (
+    r"Didn't find op for builtin opcode '[^']+'",
+    r"Node \S+ \(number \d+\) failed to (?:prepare|invoke)[^\n]*",
+    r"\S+\.cc:\d+ [^\n]+ was not true\.?",
+    r"Failed to get registration from op code \S+",
+)
+
+
+def explain_tflm_error(stderr: str) -> str:
+    found = []
+    for pat in _TFLM_ERROR_PATTERNS:
+        found += [m.group(0).strip() for m in re.finditer(pat, stderr)]
+    if found:
+        return "; ".join(dict.fromkeys(found))
+    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
 def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
+    import numpy as np
     from tflite_micro.python.tflite_micro import runtime
 
     data = Path(model).read_bytes()

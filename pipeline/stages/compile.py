@@ -23,8 +23,11 @@ from typing import Any
 from .. import TOOL_NAME, __version__
 from ..errors import NotDeployableError, PipelineError
 from ..fileio import ensure_replaceable, replace_owned_dir, staging_dir, write_manifest
-from ..report import is_pipeline_output, update_report
+from ..runtime.edgetpu import edgetpu_device_status, run_on_device
+from ..cache import content_hash
+from ..model import CompileOptions
 from ..tflite_model import read_model
+from .base import Job, Stage
 
 log = logging.getLogger(__name__)
 
@@ -349,35 +352,6 @@ def compiler_version(path: Path) -> str:
 
 # --- the stage ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CompileOptions:
-    min_runtime_version: int | None = None
-    num_segments: int | None = None
-    intermediate_tensors: str | None = None
-    enable_multiple_subgraphs: bool = False
-    search_delegate: bool = False
-    delegate_search_step: int | None = None
-    timeout_sec: int | None = None  # the compiler's own timer (v16)
-
-    def arguments(self, out_dir: Path) -> list[str]:
-        args = ["--out_dir", str(out_dir), "--show_operations"]
-        if self.min_runtime_version is not None:
-            args += ["--min_runtime_version", str(self.min_runtime_version)]
-        if self.num_segments is not None:
-            args += ["--num_segments", str(self.num_segments)]
-        if self.intermediate_tensors:
-            args += ["--intermediate_tensors", self.intermediate_tensors]
-        if self.enable_multiple_subgraphs:
-            args.append("--enable_multiple_subgraphs")
-        if self.search_delegate:
-            args.append("--search_delegate")
-        if self.delegate_search_step is not None:
-            args += ["--delegate_search_step", str(self.delegate_search_step)]
-        if self.timeout_sec is not None:
-            args += ["--timeout_sec", str(self.timeout_sec)]
-        return args
-
-
 @dataclass
 class CompileResult:
     compiled: bool
@@ -411,7 +385,6 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
         if require:
             raise PipelineError(f"{COMPILER_NAME} not found", field="--require", fix=INSTALL_HINT)
         result = CompileResult(compiled=False, message=message, device=edgetpu_device_status())
-        _record(model_path, result)
         return result
     ensure_replaceable(out_dir, option="edgetpu/", legacy=legacy_edgetpu_files)  # before the tool runs
     version = compiler_version(exe)
@@ -440,7 +413,6 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _record(model_path, result)
     return result
 
 
@@ -477,7 +449,7 @@ def _run(exe: Path, args: list[str], wall_timeout_s: float) -> tuple[str, int]:
 
 def _check_run(result: CompileResult, parsed: CompilerOutput, code: int, text: str) -> None:
     if code < 0:
-        from .check.tflm import signal_name
+        from ..runtime.process import signal_name
 
         raise PipelineError(f"{COMPILER_NAME} crashed ({signal_name(code)}); last output: {_last_line(text)}",
                             field="compile", fix="retry; a newer compiler; fewer --num-segments")
@@ -575,60 +547,35 @@ def _summary(result: CompileResult) -> str:
     return "; ".join(parts)
 
 
-def _record(model_path: Path, result: CompileResult) -> None:
-    if is_pipeline_output(model_path.parent):
-        update_report(model_path.parent, model_path.parent.name, "compile", result.to_json())
+# --- registry entry ----------------------------------------------------------------------------
+
+def _compile_not_applicable(job: Job) -> str | None:
+    if not job.request.targets("edgetpu"):
+        return "target is tflm"
+    if not (job.results.get("check", {}).get("edgetpu") or {}).get("compatible"):
+        return "the Edge TPU check failed"
+    return None
 
 
-def edgetpu_device_status() -> dict[str, Any]:
-    """A real Edge TPU through Coral's own pycoral (never the unrelated PyPI package)."""
-    try:
-        from pycoral.utils import edgetpu  # type: ignore[import-not-found]
-    except ImportError:
-        return {"present": False, "reason": "pycoral (Coral's package) is not installed"}
-    if not hasattr(edgetpu, "list_edge_tpus") or not hasattr(edgetpu, "make_interpreter"):
-        return {"present": False, "reason": "the installed 'pycoral' is not Coral's package"}
-    devices = edgetpu.list_edge_tpus()
-    if not devices:
-        return {"present": False, "reason": "no Edge TPU present"}
-    return {"present": True, "devices": [str(d) for d in devices]}
+def _compile_key(job: Job) -> dict[str, Any] | None:
+    exe = find_compiler(job.request.compiler)
+    if exe is None:
+        return None  # the skip is recorded, never cached: a compiler may be installed next time
+    return {"model": content_hash(job.model), "compiler": str(exe), "version": compiler_version(exe),
+            "options": job.request.compile_options}
 
 
-DEVICE_RUNS = 20
+def _compile_job(job: Job) -> CompileResult:
+    r = job.request
+    return compile_edgetpu(job.model, compiler=r.compiler, options=r.compile_options,
+                           wall_timeout_s=r.compile_timeout_s, require=r.require_compiler)
 
 
-def run_on_device(compiled: Path, cpu_model: Path) -> dict[str, Any]:
-    """Same seeded inputs through the Edge TPU (Coral's pycoral) and the CPU int8 model (LiteRT):
-    median latency and the largest output difference in quantized steps (LSB)."""
-    import time
+def _compile_status(job: Job, result: dict[str, Any]) -> tuple[str, str] | None:
+    if not result["compiled"] and result["compiler"] is None:
+        return "no compiler", f"{COMPILER_NAME} not found: the check's prediction stands in"
+    return None
 
-    import numpy as np
-    from pycoral.utils import edgetpu  # type: ignore[import-not-found]
 
-    from ..runtime.litert import LiteRTModel
-
-    tpu = edgetpu.make_interpreter(str(compiled))
-    tpu.allocate_tensors()
-    cpu = LiteRTModel(cpu_model.read_bytes(), str(cpu_model)).interpreter
-    cpu.allocate_tensors()
-    rng = np.random.default_rng(0)
-    worst, times = 0, []
-    for _ in range(DEVICE_RUNS):
-        feeds = []
-        for d in tpu.get_input_details():
-            info = np.iinfo(d["dtype"])
-            feeds.append(rng.integers(info.min, info.max + 1, size=d["shape"], dtype=d["dtype"]))
-        for d, x in zip(tpu.get_input_details(), feeds):
-            tpu.set_tensor(d["index"], x)
-        for d, x in zip(cpu.get_input_details(), feeds):
-            cpu.set_tensor(d["index"], x)
-        start = time.perf_counter()
-        tpu.invoke()
-        times.append(time.perf_counter() - start)
-        cpu.invoke()
-        for dt, dc in zip(tpu.get_output_details(), cpu.get_output_details()):
-            diff = np.abs(tpu.get_tensor(dt["index"]).astype(np.int32) - cpu.get_tensor(dc["index"]).astype(np.int32))
-            worst = max(worst, int(diff.max()))
-    return {"runs": DEVICE_RUNS, "median_latency_ms": round(1000 * float(np.median(times)), 3),
-            "max_output_difference_lsb": worst}
-
+STAGE = Stage("compile", run=_compile_job, cache_key=_compile_key, outputs=lambda job: ("edgetpu",),
+              not_applicable=_compile_not_applicable, status=_compile_status)

@@ -22,8 +22,11 @@ from ..boards import Board, board_fit, defaults, get_board
 from .check.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
 from ..errors import NotDeployableError, PipelineError
 from ..fileio import ensure_replaceable, replace_owned_dir, safe_name, staging_dir, write_manifest
-from ..report import is_pipeline_output, read_report, update_report
-from ..templating import Markup, c_float, c_ident, environment
+from ..cache import content_hash
+from ..golden import golden_vectors
+from ..versions import package_version
+from .base import Job, Stage, fact_tables
+from ..templating import TEMPLATE_DIR, Markup, c_float, c_ident, environment
 from ..tflite_model import Tensor, TFLiteModel, read_model
 
 log = logging.getLogger(__name__)
@@ -120,11 +123,13 @@ class FirmwareResult:
 
 def generate_firmware(model_path: Path, *, out: Path | None = None, board: str | None = None,
                       vectors: int = DEFAULT_VECTORS, tolerance: int = 0, data: str | None = None,
-                      smallest_arena: tuple[int, str] | None = None) -> FirmwareResult:
+                      smallest_arena: tuple[int, str] | None = None, labels: list[str] | None = None,
+                      tensorflow_version: str | None = None) -> FirmwareResult:
     """`smallest_arena`: (bytes, where measured) when a caller already measured it (the check
     stage, a host build); otherwise the TFLM Python interpreter's binary search runs here (an
     upper bound: its recording allocator lives in the arena too). Either way the golden
-    outputs come from the TFLM interpreter, which proves the model runs."""
+    outputs come from the TFLM interpreter, which proves the model runs. `labels` and
+    `tensorflow_version` come from the quantize stage, when it made the model."""
     board_preset = get_board(board or DEFAULT_BOARD)
     model = read_model(model_path)
     out_dir = out or model_path.parent / "firmware"
@@ -138,28 +143,23 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     measured, arena_source = smallest_arena or (tflm.arena_bytes, "the TFLM Python interpreter")
     arena = round_arena(measured) + ARENA_MARGIN_BYTES
     inputs, outputs = io_specs(model)
-    golden_in, names, source = golden_inputs(model, model_path, inputs, vectors, data)
-    from ..runtime.tflm_runner import run_tflm
-
-    golden_out = run_tflm(model_path, golden_in)
-    report = read_report(model_path.parent) if is_pipeline_output(model_path.parent) else {}
-    quant = report.get("quantize", {})
+    golden = golden_vectors(model, model_path, vectors, data)
     raw = model_path.read_bytes()
     context = {
         "generator": f"{TOOL_NAME} {__version__}", "model_file": model_path.name,
         "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw),
         "name": model_path.parent.name if model_path.parent.name not in ("", ".") else model_path.stem,
         "project": c_ident(f"{safe_name(model_path.parent.name)}_firmware"),
-        "tensorflow_version": quant.get("tool_versions", {}).get("tensorflow", "unknown"),
+        "tensorflow_version": tensorflow_version or "unknown",
         "tflm_version": f"{tflm_table()['tflite_micro_commit'][:12]} (wheel {tflm_table()['tflite_micro_wheel']})",
         "methods": list(zip([v.op for v in _distinct_ops(tflm.ops)], tflm.resolver_methods)),
         "arena_bytes": arena, "arena_measured": measured, "arena_source": arena_source,
         "arena_margin": ARENA_MARGIN_BYTES, "inputs": inputs, "outputs": outputs,
-        "labels": quant.get("labels"), "tolerance": int(tolerance), "source": source,
-        "vectors": [{"name": names[v],
-                     "inputs": [c_values(golden_in[i][v]) for i in range(len(inputs))],
-                     "expected": [c_values(golden_out[o][v]) for o in range(len(outputs))]}
-                    for v in range(len(names))],
+        "labels": labels, "tolerance": int(tolerance), "source": golden.source,
+        "vectors": [{"name": golden.names[v],
+                     "inputs": [c_values(golden.inputs[i][v]) for i in range(len(inputs))],
+                     "expected": [c_values(golden.expected[o][v]) for o in range(len(outputs))]}
+                    for v in range(len(golden))],
         "board": board_preset, "arm_flags": arm_flags(board_preset),
         "linker_script": "board/cortexm/mps2_an386.ld" if board_preset.qemu_machine else "",
         "qemu_machine": board_preset.qemu_machine,
@@ -169,7 +169,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         files = _render(staging, context, raw)
         result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena, arena_measured=measured,
                                 arena_source=arena_source, resolver_methods=list(tflm.resolver_methods),
-                                vectors=len(names))
+                                vectors=len(golden))
         if board:
             io = sum(t["bytes"] for t in inputs) + sum(t["elements"] * t["itemsize"] for t in outputs)
             result.board = board_fit(board_preset, model_bytes=len(raw), arena_bytes=arena, io_bytes=io)
@@ -179,8 +179,6 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if is_pipeline_output(model_path.parent):
-        update_report(model_path.parent, model_path.parent.name, "firmware", result.to_json())
     return result
 
 
@@ -235,38 +233,6 @@ def io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
     ins = [spec(t, n, taken_in) for t, n in zip(model.main.input_tensors(), model.input_names())]
     outs = [spec(t, n, taken_out) for t, n in zip(model.main.output_tensors(), model.output_names())]
     return ins, outs
-
-
-def golden_inputs(model: TFLiteModel, model_path: Path, inputs, count: int, data: str | None):
-    """Quantized inputs: the demo's test digits, `--data` samples, or seeded random values."""
-    from ..data import load_samples
-    from ..runtime.litert import quantize_array
-    from ..model import TensorSpec
-
-    specs = [TensorSpec(t["name"], tuple(t["shape"]), "float32") for t in inputs]
-    from .. import demo
-
-    real = None
-    if data:
-        samples = load_samples(data, specs, limit=count, option="--data")
-        real, source = [samples.inputs[s.name] for s in specs], data
-        names = [f"{Path(data).name}[{i}]" for i in range(samples.count)]
-    elif demo.is_demo_model(model_path, [s.sample_shape for s in specs]):
-        samples = demo.split_samples("test", specs, limit=count)
-        real, source = [samples.inputs[s.name] for s in specs], samples.source
-        names = [f"test[{i}] digit {int(label)}" for i, label in enumerate(samples.labels)]
-    if real is not None:
-        quantized = [quantize_array(r, _NP[t["dtype"]], float(model.main.input_tensors()[i].scale or 1.0),
-                                    int(t["zero_point"])) if t["dtype"] != "float32" else r.astype(np.float32)
-                     for i, (r, t) in enumerate(zip(real, inputs))]
-        return quantized, names, source
-    rng = np.random.default_rng(0)
-    quantized = []
-    for t in inputs:
-        info = np.iinfo(_NP[t["dtype"]])
-        quantized.append(rng.integers(info.min, info.max + 1, size=(count, *t["shape"][1:]),
-                                      dtype=_NP[t["dtype"]]))
-    return quantized, [f"random[{i}] seed 0" for i in range(count)], "seeded random values (no --data given)"
 
 
 def _render(staging: Path, context: dict[str, Any], raw: bytes) -> list[str]:
@@ -417,6 +383,49 @@ def build_and_verify(model_path: Path, result: FirmwareResult, tree: Path, *, bo
                                      arena_bytes=result.arena_bytes,
                                      io_bytes=result.board["ram"]["io_bytes"])
             result.board["flash"]["measured_with"] = "arm-none-eabi-size"
-    if is_pipeline_output(model_path.parent):
-        update_report(model_path.parent, model_path.parent.name, "firmware", result.to_json())
     return result
+
+
+# --- registry entry ----------------------------------------------------------------------------
+
+def _firmware_not_applicable(job: Job) -> str | None:
+    if not job.request.targets("tflm"):
+        return "target is edgetpu"
+    if not (job.results.get("check", {}).get("tflm") or {}).get("compatible"):
+        return "the TFLM check failed"
+    return None
+
+
+def _firmware_key(job: Job) -> dict[str, Any]:
+    r = job.request
+    return {"model": content_hash(job.model), "board": r.board or DEFAULT_BOARD, "data": content_hash(r.data),
+            "vectors": r.vectors, "tolerance": r.tolerance, "out": str(r.firmware_out) if r.firmware_out else None,
+            "skeleton": content_hash(SKELETON_DIR), "templates": content_hash(TEMPLATE_DIR / "firmware"),
+            "tables": fact_tables(), "tflm": package_version("tflite-micro")}
+
+
+def firmware_options(job: Job) -> dict[str, Any]:
+    """generate_firmware's options from a job: the request's, and the quantize stage's labels and
+    TensorFlow version when it made the model."""
+    r = job.request
+    quantized = job.results.get("quantize") or {}
+    return {"board": r.board, "vectors": r.vectors, "tolerance": r.tolerance, "data": r.data,
+            "labels": quantized.get("labels"),
+            "tensorflow_version": (quantized.get("tool_versions") or {}).get("tensorflow")}
+
+
+def _firmware_job(job: Job) -> FirmwareResult:
+    checked = job.results.get("check") or {}
+    # the check stage's binary search, when it ran on this model in this job: not run twice
+    arena = (checked.get("tflm") or {}).get("arena_bytes") if checked.get("model") == str(job.model) else None
+    return generate_firmware(job.model, out=job.request.firmware_out,
+                             smallest_arena=(arena, "the TFLM Python interpreter") if arena else None,
+                             **firmware_options(job))
+
+
+def _firmware_outputs(job: Job) -> tuple[str, ...]:
+    return () if job.request.firmware_out else ("firmware",)  # a folder elsewhere is not pinned
+
+
+STAGE = Stage("firmware", run=_firmware_job, cache_key=_firmware_key, outputs=_firmware_outputs,
+              not_applicable=_firmware_not_applicable)

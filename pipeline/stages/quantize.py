@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,11 @@ from ..fileio import safe_name, write_bytes_atomic
 from ..runtime.litert import LiteRTModel, litert_version
 from ..model import (IO_TYPES, MODES, Evaluation, QuantizeResult, TensorSpec, WeightQuantization,
                     quantized_file_name)
-from ..report import check_output_folder, mark_output_folder, update_report
+from ..fileio import check_output_folder, mark_output_folder
 from ..tflite_model import TFLiteModel, parse_model
+from ..cache import content_hash
+from ..versions import package_version
+from .base import Job, Stage
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +156,6 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     mark_output_folder(out_dir)
     write_bytes_atomic(result.float_model, float_bytes)
     write_bytes_atomic(result.quantized_model, quant_bytes)
-    update_report(out_dir, name, "quantize", result.to_json())
     return result
 
 
@@ -348,3 +351,24 @@ def _evaluate(float_bytes: bytes, quant_bytes: bytes, samples: SampleSet) -> Eva
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+# --- registry entry ----------------------------------------------------------------------------
+
+def _quantize_key(job: Job) -> dict[str, Any]:
+    r = job.request
+    model = (f"demo-v{demo.DEMO_VERSION}-{package_version('keras')}" if r.model == demo.DEMO_NAME
+             else content_hash(r.model))
+    return {"model": model, "data": content_hash(r.data), "eval": content_hash(r.eval_data), "mode": r.mode,
+            "io_type": r.io_type, "samples": r.samples,
+            "tools": [package_version("tensorflow-cpu", "tensorflow"), package_version("ai-edge-litert")]}
+
+
+def _quantize_job(job: Job) -> QuantizeResult:
+    r = job.request
+    return quantize(QuantizeRequest(model=r.model, data=r.data, eval_data=r.eval_data, mode=r.mode,
+                                    io_type=r.io_type, samples=r.samples, name=r.name, out=r.out))
+
+
+STAGE = Stage("quantize", run=_quantize_job, cache_key=_quantize_key,
+              outputs=lambda job: (FLOAT_MODEL_FILE, quantized_file_name(job.request.mode)))

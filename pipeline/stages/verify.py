@@ -22,22 +22,13 @@ import numpy as np
 from ..data import SampleSet, load_samples
 from ..errors import NotDeployableError, PipelineError
 from ..runtime.litert import LiteRTModel, litert_version, quantize_array
-from ..model import TensorSpec
-from ..report import is_pipeline_output, update_report
+from ..model import TensorSpec, Thresholds
 from ..tflite_model import read_model
+from ..cache import content_hash
 from ..versions import package_version
+from .base import Job, Stage
 
 DEFAULT_SAMPLES = 200
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Defaults: the int8 model must match across interpreters exactly, keep top-1 with the
-    float model on 95% of samples, and lose at most 1 accuracy point."""
-
-    max_lsb_litert_vs_tflm: int = 0
-    min_top1_agreement: float = 0.95
-    max_accuracy_drop_points: float = 1.0
 
 
 @dataclass
@@ -178,8 +169,6 @@ def verify(model_path: Path, *, data: str | None = None, samples: int = DEFAULT_
     backends.append(_edgetpu_backend(model_path))
     result = VerifyResult(samples=sample_set.count, source=sample_set.source, labelled=labels is not None,
                           backends=backends, comparisons=comparisons, checks=checks)
-    if is_pipeline_output(model_path.parent):
-        update_report(model_path.parent, model_path.parent.name, "verify", result.to_json())
     return result
 
 
@@ -232,7 +221,7 @@ def _tflite_runtime_backend(model_path, q_inputs, litert_raw, out_order, names_o
 
 
 def _edgetpu_backend(model_path: Path) -> Backend:
-    from .compile import edgetpu_device_status, run_on_device
+    from ..runtime.edgetpu import edgetpu_device_status, run_on_device
 
     compiled = sorted((model_path.parent / "edgetpu").glob("*_edgetpu.tflite"))
     device = edgetpu_device_status()
@@ -250,3 +239,25 @@ def raise_if_failed(result: VerifyResult) -> None:
     if failed:
         raise NotDeployableError(f"verification failed: {'; '.join(failed)}", field="verify",
                                  fix="see the report; thresholds are options of `invoke verify`")
+
+
+# --- registry entry ----------------------------------------------------------------------------
+
+def _verify_key(job: Job) -> dict[str, Any]:
+    r = job.request
+    return {"model": content_hash(job.model), "data": content_hash(r.eval_data or r.data),
+            "float": content_hash(job.model.parent / "model_float.tflite"), "samples": r.verify_samples,
+            "thresholds": r.thresholds,
+            "tools": [package_version("ai-edge-litert"), package_version("tflite-micro")]}
+
+
+def _verify_job(job: Job) -> VerifyResult:
+    r = job.request
+    return verify(job.model, data=r.eval_data or r.data, samples=r.verify_samples, thresholds=r.thresholds)
+
+
+def _verify_problems(job: Job, result: dict[str, Any]) -> list[str]:
+    return [f"verify: {c['check']}: {c['detail']}" for c in result.get("checks", []) if not c["passed"]]
+
+
+STAGE = Stage("verify", run=_verify_job, cache_key=_verify_key, problems=_verify_problems)

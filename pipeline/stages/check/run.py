@@ -9,8 +9,10 @@ from typing import Any
 
 from ...boards import board_fit, get_board
 from ...errors import PipelineError
-from ...report import is_pipeline_output, update_report
+from ...cache import content_hash
 from ...tflite_model import read_model
+from ...versions import package_version
+from ..base import Job, Stage, fact_tables
 from .edgetpu import EdgeTPUReport, check_edgetpu
 from .tflm import TFLMReport, check_tflm
 
@@ -40,25 +42,12 @@ class CheckResult:
                 "board": self.board}
 
 
-def resolve_model_path(model: str, out: Path) -> Path:
-    """`demo` (the default) means the demo's int8 model, quantized first if need be."""
-    if model == "demo":
-        path = out / "demo" / "model_int8.tflite"
-        if not path.is_file():
-            from ..quantize import QuantizeRequest, quantize
-
-            log.info("no %s yet: quantizing the demo first", path)
-            quantize(QuantizeRequest(out=out))
-        return path
-    return Path(model)
-
-
-def check(model: str, *, target: str = "all", board: str | None = None, out: Path = Path("build"),
+def check(model: str | Path, *, target: str = "all", board: str | None = None,
           run_interpreter: bool = True) -> CheckResult:
     if target not in TARGETS:
         raise PipelineError(f"unknown target '{target}'", field="--target", fix="use edgetpu, tflm or all")
     board_preset = get_board(board) if board else None  # fail fast, before any work
-    path = resolve_model_path(model, out)
+    path = Path(model)
     parsed = read_model(path)
     edgetpu = check_edgetpu(parsed) if target in ("edgetpu", "all") else None
     tflm = None
@@ -70,10 +59,7 @@ def check(model: str, *, target: str = "all", board: str | None = None, out: Pat
         io = sum(_nbytes(sg.tensors[i]) for i in sg.inputs + sg.outputs)
         fit = board_fit(board_preset, model_bytes=parsed.size,
                         arena_bytes=tflm.recommended_arena_bytes if tflm else None, io_bytes=io)
-    result = CheckResult(model=path, target=target, edgetpu=edgetpu, tflm=tflm, board=fit)
-    if is_pipeline_output(path.parent):  # inside a pipeline output: keep the report whole
-        update_report(path.parent, path.parent.name, "check", result.to_json())
-    return result
+    return CheckResult(model=path, target=target, edgetpu=edgetpu, tflm=tflm, board=fit)
 
 
 _DTYPE_BYTES = {"int8": 1, "uint8": 1, "int16": 2, "float16": 2, "int32": 4, "float32": 4, "int64": 8,
@@ -133,3 +119,35 @@ def format_table(r: CheckResult) -> str:
                      f"{b['ram']['capacity_bytes']} B ({b['ram']['headroom_percent']}% free)"
                      + ("" if b["flash"]["fits"] and b["ram"]["fits"] else "  DOES NOT FIT"))
     return "\n".join(lines)
+
+
+# --- registry entry ----------------------------------------------------------------------------
+
+def not_deployable_reasons(checked: dict[str, Any], target: str) -> list[str]:
+    reasons = []
+    e, t, b = checked.get("edgetpu"), checked.get("tflm"), checked.get("board")
+    if target in ("edgetpu", "all") and e and not e["compatible"]:
+        reasons.append(f"Edge TPU: {e['mapped_ops']}/{e['total_ops']} ops mapped"
+                       + (f" ({e['model_problem']})" if e.get("model_problem") else ""))
+    if target in ("tflm", "all") and t and not t["compatible"]:
+        bad = [f"{o['op']}: {o['reason']}" for o in t["ops"] if not o["supported"]][:3]
+        reasons.append("TFLM: " + "; ".join(bad + [x for x in (t.get("model_problem"),
+                                                               t["interpreter"].get("error")) if x]))
+    if b and not (b["flash"]["fits"] and b["ram"]["fits"]):
+        reasons.append(f"board {b['name']}: does not fit")
+    return reasons
+
+
+def _check_job(job: Job) -> CheckResult:
+    r = job.request
+    return check(job.model, target=r.target, board=r.board, run_interpreter=r.run_interpreter)
+
+
+def _check_key(job: Job) -> dict[str, Any]:
+    return {"model": content_hash(job.model), "target": job.request.target, "board": job.request.board,
+            "interpreter": job.request.run_interpreter, "tables": fact_tables(),
+            "tflm": package_version("tflite-micro")}
+
+
+STAGE = Stage("check", run=_check_job, cache_key=_check_key,
+              problems=lambda job, result: not_deployable_reasons(result, job.request.target))

@@ -7,7 +7,6 @@ tensor arena found by binary search.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ... import PROJECT_DIR
+from ...runtime.process import signal_name
+from ...runtime.tflm_runner import explain_tflm_error
 from ...tflite_model import Operator, TFLiteModel
 
 TABLE_PATH = Path(__file__).with_name("tflm_ops.json")
@@ -169,35 +170,6 @@ def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, 
                 lo = max(lo, e["probe"] + 1)
         lo = max(lo, pending[-1]["probe"] + 1)  # it crashed on this size: too small
     return False, None, "the TFLM interpreter kept crashing during the arena search"
-
-
-def signal_name(code: int) -> str:
-    import signal
-
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit {code}"
-
-
-_TFLM_ERROR_PATTERNS = (
-    r"Didn't find op for builtin opcode '[^']+'",
-    r"Node \S+ \(number \d+\) failed to (?:prepare|invoke)[^\n]*",
-    r"\S+\.cc:\d+ [^\n]+ was not true\.?",
-    r"Failed to get registration from op code \S+",
-)
-
-
-def explain_tflm_error(stderr: str) -> str:
-    found = []
-    for pat in _TFLM_ERROR_PATTERNS:
-        found += [m.group(0).strip() for m in re.finditer(pat, stderr)]
-    if found:
-        return "; ".join(dict.fromkeys(found))
-    lines = [l for l in stderr.strip().splitlines() if l.strip()]
-    return lines[-1][:300] if lines else "no message"
 
 
 # Fixed-point multipliers (QuantizeMultiplier) cannot represent scales this far from 1; TFLM

@@ -1,0 +1,64 @@
+"""Golden vectors: the inputs a deployment is tested with and the outputs the TFLite Micro
+interpreter (the library the MCU runs) computes for them. Made once here and used by every
+consumer: the firmware embeds them, HIL runs them on a device, so both check the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .tflite_model import TFLiteModel
+
+_NP = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class GoldenVectors:
+    names: list[str]  # one per vector, for the people reading the self-test
+    inputs: list[np.ndarray]  # per model input: (N, ...) in the input's own dtype
+    expected: list[np.ndarray]  # per model output: (N, ...) as the TFLM interpreter computed it
+    source: str  # where the inputs came from
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
+                  data: str | None) -> tuple[list[np.ndarray], list[str], str]:
+    """Quantized inputs: `data` samples, the demo's test digits, or seeded random values."""
+    from . import demo
+    from .data import load_samples
+    from .model import TensorSpec
+    from .runtime.litert import quantize_array
+
+    tensors = model.main.input_tensors()
+    specs = [TensorSpec(name, t.shape, "float32") for name, t in zip(model.input_names(), tensors)]
+    real = None
+    if data:
+        samples = load_samples(data, specs, limit=count, option="--data")
+        real, source = [samples.inputs[s.name] for s in specs], data
+        names = [f"{Path(data).name}[{i}]" for i in range(samples.count)]
+    elif demo.is_demo_model(model_path, [s.sample_shape for s in specs]):
+        samples = demo.split_samples("test", specs, limit=count)
+        real, source = [samples.inputs[s.name] for s in specs], samples.source
+        names = [f"test[{i}] digit {int(label)}" for i, label in enumerate(samples.labels)]
+    if real is not None:
+        quantized = [quantize_array(r, _NP[t.dtype], float(t.scale or 1.0), int(t.zero_point or 0))
+                     if t.dtype != "float32" else r.astype(np.float32) for r, t in zip(real, tensors)]
+        return quantized, names, source
+    rng = np.random.default_rng(0)
+    quantized = []
+    for t in tensors:
+        info = np.iinfo(_NP[t.dtype])
+        quantized.append(rng.integers(info.min, info.max + 1, size=(count, *t.shape[1:]), dtype=_NP[t.dtype]))
+    return quantized, [f"random[{i}] seed 0" for i in range(count)], "seeded random values (no --data given)"
+
+
+def golden_vectors(model: TFLiteModel, model_path: Path, count: int, data: str | None) -> GoldenVectors:
+    from .runtime.tflm_runner import run_tflm
+
+    inputs, names, source = golden_inputs(model, model_path, count, data)
+    return GoldenVectors(names=names, inputs=inputs, expected=run_tflm(model_path, inputs), source=source)

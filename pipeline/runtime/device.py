@@ -1,0 +1,326 @@
+"""The link to a device: the framed serial protocol (docs/protocol.md), the host-side client,
+and stand-ins for a board (an emulator on a pseudo-terminal backed by the TFLite Micro Python
+interpreter; the real firmware on a pty or under QEMU), so rigs and tests exercise the protocol
+with no hardware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PipelineError
+
+MAGIC = b"\xa5\x5a"
+HEADER = struct.Struct("<2sBBI")  # magic, type, seq, length
+CRC = struct.Struct("<I")
+MAX_PAYLOAD = 1 << 20
+PROTOCOL_VERSION = 1
+
+INFO, RUN = 0x01, 0x02
+INFO_OK, RUN_OK, ERROR = 0x81, 0x82, 0xFF
+E_CRC, E_UNKNOWN, E_LENGTH, E_INVOKE, E_TOO_LARGE = 1, 2, 3, 4, 5
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+def encode(kind: int, seq: int, payload: bytes = b"") -> bytes:
+    body = HEADER.pack(MAGIC, kind, seq & 0xFF, len(payload))[2:] + payload
+    return MAGIC + body + CRC.pack(zlib.crc32(body))
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    seq: int
+    payload: bytes
+
+
+class FrameError(Exception):
+    """A frame arrived damaged (bad CRC or impossible length); `seq` when it could be read."""
+
+    def __init__(self, reason: str, seq: int | None):
+        super().__init__(reason)
+        self.seq = seq
+
+
+class FrameParser:
+    """Incremental: feed bytes as they arrive, take whole frames out. Garbage before a magic is
+    skipped; a damaged frame raises FrameError once and parsing resumes after its magic."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+
+    def next(self) -> Frame | None:
+        while True:
+            start = self.buffer.find(MAGIC)
+            if start < 0:
+                del self.buffer[:max(0, len(self.buffer) - 1)]  # keep a possible half magic
+                return None
+            del self.buffer[:start]
+            if len(self.buffer) < HEADER.size:
+                return None
+            _, kind, seq, length = HEADER.unpack_from(self.buffer)
+            if length > MAX_PAYLOAD:
+                del self.buffer[:2]
+                raise FrameError(f"impossible length {length}", seq)
+            total = HEADER.size + length + CRC.size
+            if len(self.buffer) < total:
+                return None
+            body = bytes(self.buffer[2:HEADER.size + length])
+            (crc,) = CRC.unpack_from(self.buffer, HEADER.size + length)
+            if zlib.crc32(body) != crc:
+                del self.buffer[:2]
+                raise FrameError("bad CRC", seq)
+            del self.buffer[:total]
+            return Frame(kind, seq, body[HEADER.size - 2:])
+
+
+def parse_info(payload: bytes) -> dict[str, str]:
+    info = {}
+    for line in payload.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            info[key.strip()] = value.strip()
+    return info
+
+
+# --- host side ---------------------------------------------------------------------------------
+
+class DeviceError(PipelineError):
+    """The device (or the link) failed: timeouts, damage, resets. Exit 2."""
+
+
+class HilClient:
+    def __init__(self, port: str, baud: int = 115200, timeout: float = 5.0, retries: int = 2):
+        import serial  # pyserial
+
+        try:
+            self.serial = serial.Serial(port, baud, timeout=0)
+        except (serial.SerialException, OSError) as exc:
+            raise DeviceError(f"cannot open the serial port: {exc}", path=port, field="--port",
+                              fix="check the device is attached (or start `invoke emulate`) and the path") from None
+        self.port = port
+        self.timeout = timeout
+        self.retries = retries
+        self.parser = FrameParser()
+        self.seq = 0
+        self.retried = 0
+
+    def close(self) -> None:
+        self.serial.close()
+
+    def request(self, kind: int, payload: bytes = b"") -> Frame:
+        problems = []
+        for attempt in range(self.retries + 1):
+            self.seq = (self.seq + 1) & 0xFF
+            self._drain()
+            self.serial.write(encode(kind, self.seq, payload))
+            self.serial.flush()
+            try:
+                reply = self._wait(self.seq)
+            except (TimeoutError, FrameError) as exc:
+                problems.append(str(exc))
+                if attempt < self.retries:
+                    self.retried += 1
+                continue
+            if reply.kind == ERROR:
+                code = struct.unpack_from("<H", reply.payload)[0] if len(reply.payload) >= 2 else 0
+                if code == E_CRC and attempt < self.retries:  # our request arrived damaged
+                    problems.append("device saw a bad CRC")
+                    self.retried += 1
+                    continue
+                raise DeviceError(f"device error {code}: {reply.payload[2:].decode('utf-8', 'replace')}",
+                                  path=self.port, field="--port", fix="see docs/protocol.md for the codes")
+            return reply
+        raise DeviceError(f"no valid reply after {self.retries + 1} tries ({'; '.join(problems)})",
+                          path=self.port, field="--port",
+                          fix="check the cable and baud rate; a device that reset or hangs needs a power cycle")
+
+    def _drain(self) -> None:
+        self.parser = FrameParser()
+        while self.serial.read(4096):
+            pass
+
+    def _wait(self, seq: int) -> Frame:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            frame = self.parser.next()  # may raise FrameError for a damaged reply
+            if frame is not None:
+                if frame.seq == seq:
+                    return frame
+                continue  # a stale reply to an earlier, retried request
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply within {self.timeout:g} s")
+            chunk = self.serial.read(65536)
+            if chunk:
+                self.parser.feed(chunk)
+            else:
+                time.sleep(min(0.002, left))
+
+    def info(self) -> dict[str, str]:
+        reply = self.request(INFO)
+        if reply.kind != INFO_OK:
+            raise DeviceError(f"INFO answered with frame type {reply.kind:#x}", path=self.port, field="--port")
+        return parse_info(reply.payload)
+
+    def run(self, data: bytes) -> tuple[bytes, int, int]:
+        reply = self.request(RUN, data)
+        if reply.kind != RUN_OK or len(reply.payload) < 8:
+            raise DeviceError(f"RUN answered with frame type {reply.kind:#x}", path=self.port, field="--port")
+        cycles, micros = struct.unpack_from("<II", reply.payload)
+        return reply.payload[8:], cycles, micros
+
+
+# --- the device emulator -----------------------------------------------------------------------
+
+FAULTS = ("garble", "drop-byte", "wrong-hash", "hang", "wrong-output", "reset")
+
+
+class Emulator:
+    """Speaks the protocol on the master side of a pty, like firmware on a UART. `fault`
+    injects one misbehaviour, for testing rigs: damage the first reply (garble), lose a byte
+    of it (drop-byte), claim another model (wrong-hash), stop answering RUN (hang), corrupt
+    outputs (wrong-output), or restart after the first RUN (reset)."""
+
+    def __init__(self, model_path: Path, fault: str | None = None, arena: int | None = None):
+        from tflite_micro.python.tflite_micro import runtime
+
+        if fault is not None and fault not in FAULTS:
+            raise PipelineError(f"unknown fault '{fault}'", field="--fault", fix=f"use one of {', '.join(FAULTS)}")
+        self.model_bytes = model_path.read_bytes()
+        self.interpreter = runtime.Interpreter.from_bytes(self.model_bytes, arena_size=arena or None)
+        from ..tflite_model import parse_model
+
+        model = parse_model(self.model_bytes, str(model_path))
+        self.input_sizes = [int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in model.main.input_tensors()]
+        self.input_dtypes = [np.dtype(t.dtype) for t in model.main.input_tensors()]
+        self.input_shapes = [t.shape for t in model.main.input_tensors()]
+        self.outputs = len(model.main.outputs)
+        self.fault = fault
+        self.faulted = False
+        self.master, self.slave = os.openpty()
+        import tty
+
+        tty.setraw(self.slave)
+        tty.setraw(self.master)
+        self.port = os.ttyname(self.slave)
+
+    def info_payload(self) -> bytes:
+        sha = hashlib.sha256(self.model_bytes).hexdigest()
+        if self.fault == "wrong-hash":
+            sha = hashlib.sha256(b"another model").hexdigest()
+        return (f"model_sha256={sha}\nmodel_bytes={len(self.model_bytes)}\narena_bytes=0\n"
+                f"board=emulator (TFLM Python interpreter)\nfirmware=edge-deploy-emulator\n"
+                f"protocol={PROTOCOL_VERSION}\n").encode()
+
+    def handle(self, frame: Frame) -> bytes | None:
+        if frame.kind == INFO:
+            return encode(INFO_OK, frame.seq, self.info_payload())
+        if frame.kind != RUN:
+            return encode(ERROR, frame.seq, struct.pack("<H", E_UNKNOWN) + b"unknown command")
+        if len(frame.payload) != sum(self.input_sizes):
+            return encode(ERROR, frame.seq, struct.pack("<H", E_LENGTH) +
+                          f"RUN needs {sum(self.input_sizes)} input bytes, got {len(frame.payload)}".encode())
+        if self.fault == "hang":
+            return None
+        offset = 0
+        for i, (size, dtype, shape) in enumerate(zip(self.input_sizes, self.input_dtypes, self.input_shapes)):
+            arr = np.frombuffer(frame.payload[offset:offset + size], dtype=dtype).reshape(shape)
+            self.interpreter.set_input(arr, i)
+            offset += size
+        start = time.perf_counter()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as exc:
+            return encode(ERROR, frame.seq, struct.pack("<H", E_INVOKE) + str(exc).encode())
+        micros = int(1e6 * (time.perf_counter() - start))
+        out = b"".join(np.array(self.interpreter.get_output(k)).tobytes() for k in range(self.outputs))
+        if self.fault == "wrong-output":
+            out = bytes((b + 1) & 0xFF for b in out)
+        return encode(RUN_OK, frame.seq, struct.pack("<II", 0, micros) + out)
+
+    def serve(self, stop: callable = lambda: False) -> None:
+        parser = FrameParser()
+        while not stop():
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                continue  # the host closed the port; wait for the next one
+            parser.feed(data)
+            while True:
+                try:
+                    frame = parser.next()
+                except FrameError as exc:
+                    if exc.seq is not None:
+                        os.write(self.master, encode(ERROR, exc.seq, struct.pack("<H", E_CRC) + b"bad CRC"))
+                    continue
+                if frame is None:
+                    break
+                reply = self.handle(frame)
+                if reply is None:
+                    continue
+                if self.fault in ("garble", "drop-byte") and not self.faulted:
+                    self.faulted = True  # damage the first reply only: a retry must recover
+                    reply = reply[:-1] + bytes([reply[-1] ^ 0xFF]) if self.fault == "garble" else reply[:5] + reply[6:]
+                if self.fault == "reset" and frame.kind == RUN:
+                    if self.faulted:
+                        continue  # after the "reset" the device stays silent in the middle of the run
+                    self.faulted = True
+                os.write(self.master, reply)
+
+
+def serve_on_pty(command: list[str]):
+    """Start a device program whose stdin/stdout are its serial link (`selftest --serve`), on
+    the master side of a fresh pty: returns the process and the port path for `invoke hil`."""
+    import subprocess
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    proc = subprocess.Popen(command, stdin=master, stdout=master, stderr=subprocess.PIPE)
+    os.close(master)
+    return proc, os.ttyname(slave), slave
+
+
+def start_qemu_uart(elf: Path, machine: str = "mps2-an386", timeout: float = 60.0):
+    """Boot a firmware built with -DHIL_SERVER=ON under QEMU with UART0 on a pty; returns the
+    QEMU process and the port once the firmware says it is serving."""
+    import re
+    import shutil
+    import subprocess
+
+    qemu = shutil.which("qemu-system-arm")
+    if qemu is None:
+        raise PipelineError("qemu-system-arm is not installed", field="--qemu", fix="apt-get install qemu-system-arm")
+    proc = subprocess.Popen([qemu, "-M", machine, "-nographic", "-monitor", "none", "-semihosting",
+                             "-serial", "pty", "-kernel", str(elf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, seen = None, []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stdout.readline()
+        seen.append(line.strip())
+        if m := re.search(r"redirected to (/dev/pts/\d+)", line):
+            port = m.group(1)
+        if line.startswith("HIL: serving") and port:
+            return proc, port
+    proc.kill()
+    raise PipelineError(f"the firmware did not start serving under QEMU: {' | '.join(seen[-4:])}",
+                        path=elf, field="--qemu", fix="build it with -DHIL_SERVER=ON")
