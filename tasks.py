@@ -86,9 +86,9 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=name,
         out=Path(_setting(c, "out", out)))
     result = _run(run_stage, "quantize", job_for_request(request))
-    from pipeline.summary import quantize_summary
+    from pipeline.console import quantize_summary, show
 
-    print(quantize_summary(result))
+    show(quantize_summary(result))
     return result
 
 
@@ -113,7 +113,7 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
     """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
-    from pipeline.summary import deploy_summary, stage_line
+    from pipeline.console import deploy_summary, show, stage_line
 
     request = DeployRequest(
         model=_setting(c, "model", model), data=_setting(c, "data", data),
@@ -122,9 +122,9 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         out=Path(_setting(c, "out", out)), target=_setting(c, "target", target),
         board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler),
         port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force)
-    result = _run(run_deploy, request, on_stage=lambda run: print(stage_line(run), flush=True))
+    result = _run(run_deploy, request, on_stage=lambda run: show(stage_line(run)))
     print()
-    print(deploy_summary(result))
+    show(deploy_summary(result))
     _run(raise_if_not_deployable, result)
     return result
 
@@ -144,14 +144,17 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     import json as json_module
 
     from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage, validate_request
-    from pipeline.stages.check.run import format_table
+    from pipeline.console import check_table, show
 
     _setup_logging(False)
     request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter)
     _run(validate_request, request)  # before the demo would be quantized for nothing
     path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", out)))
     result = _run(run_stage, "check", job_for_model(path, request))
-    print(json_module.dumps(result.to_json()) if json else format_table(result))
+    if json:
+        print(json_module.dumps(result.to_json()))
+    else:
+        show(check_table(result))
     if strict and not result.deployable:
         raise Exit(code=1)
     return result
@@ -265,7 +268,7 @@ def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=N
     from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
     from pipeline.model import Thresholds
     from pipeline.stages.verify import DEFAULT_SAMPLES, raise_if_failed
-    from pipeline.summary import verify_summary
+    from pipeline.console import show, verify_summary
 
     _setup_logging(False)
     defaults = Thresholds()
@@ -277,7 +280,7 @@ def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=N
     request = DeployRequest(data=data, thresholds=thresholds,
                             verify_samples=_int_option(samples, "--samples") if samples else DEFAULT_SAMPLES)
     result = _run(run_stage, "verify", job_for_model(path, request))
-    print(verify_summary(result))
+    show(verify_summary(result))
     _run(raise_if_failed, result)
     return result
 
@@ -346,10 +349,9 @@ def emulate(c, model=None, fault=None):
 def boards(c):
     """List the board presets (flash, RAM, CPU) that --board accepts."""
     from pipeline.boards import boards as all_boards
+    from pipeline.console import boards_table, show
 
-    for b in all_boards().values():
-        print(f"{b.key:<24} {b.name:<30} {b.cpu:<14} flash {b.flash_bytes // 1024:>7} KiB  "
-              f"RAM {b.ram_bytes // 1024:>5} KiB  {b.clock_mhz} MHz")
+    show(boards_table(all_boards().values()))
 
 
 ns = Collection(quantize, check, compile, firmware, verify, hil, emulate, boards, deploy)

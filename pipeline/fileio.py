@@ -6,6 +6,7 @@ place, so an interrupted or failed run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import json
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,21 @@ def replace_owned_dir(staging: Path, final: Path, *, option: str = "--out",
                             fix="move those files out of the folder, or pass a new folder")
     old = _swap(staging, final)
     _settle(old, final, legacy)
+
+
+@contextlib.contextmanager
+def replacing_owned_dir(final: Path, generator: str, *, option: str = "--out",
+                        legacy: Callable[[Path], set[str] | None] | None = None) -> Iterator[Path]:
+    """Write the new folder into the yielded staging folder; when the block ends normally it
+    gets its manifest and replaces `final`, otherwise it is removed and `final` is untouched."""
+    staging = staging_dir(final)
+    try:
+        yield staging
+        write_manifest(staging, generator)
+        replace_owned_dir(staging, final, option=option, legacy=legacy)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _swap(staging: Path, final: Path) -> Path:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import io
 
-import pipeline.progress as progress_module
-from pipeline.progress import Progress
+import pipeline.console as progress_module
+from pipeline.console import Progress
 
 
 class FakeTTY(io.StringIO):
@@ -36,4 +36,5 @@ def test_bar_on_a_terminal_is_cleared_at_the_end(monkeypatch):
         for _ in range(4):
             p.advance()
     text = out.getvalue()
-    assert "\r  arena [" in text and "100%" in text and text.endswith("\r")
+    # rich draws the bar in place (carriage return, erase line) and erases it when done
+    assert "\r\x1b[2K  arena " in text and "100%" in text and text.endswith("\x1b[2K")

@@ -102,7 +102,7 @@ class LiteRTModel:
         return feed
 
     def _run(self, samples: SampleSet) -> list[np.ndarray]:
-        from ..progress import Progress
+        from ..console import Progress
 
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in sorted(self.output_details)}
         with Progress(f"evaluating {samples.count} samples", samples.count) as progress:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import TOOL_NAME, __version__
 from ..errors import NotDeployableError, PipelineError
-from ..fileio import ensure_replaceable, replace_owned_dir, staging_dir, write_manifest
+from ..fileio import ensure_replaceable, replacing_owned_dir
 from ..runtime.edgetpu import edgetpu_device_status, run_on_device
 from ..cache import content_hash
 from ..model import CompileOptions
@@ -384,12 +384,11 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
                    f"{INSTALL_HINT}. The prediction of `invoke check` stands in.")
         if require:
             raise PipelineError(f"{COMPILER_NAME} not found", field="--require", fix=INSTALL_HINT)
-        result = CompileResult(compiled=False, message=message, device=edgetpu_device_status())
-        return result
+        return CompileResult(compiled=False, message=message, device=edgetpu_device_status())
     ensure_replaceable(out_dir, option="edgetpu/", legacy=legacy_edgetpu_files)  # before the tool runs
     version = compiler_version(exe)
-    staging = staging_dir(out_dir)
-    try:
+    with replacing_owned_dir(out_dir, f"{TOOL_NAME} {__version__}", option="edgetpu/",
+                             legacy=legacy_edgetpu_files) as staging:
         text, code = _run(exe, options.arguments(staging) + [str(model_path.resolve())], wall_timeout_s)
         (staging / "compiler_stdout.txt").write_text(text)
         parsed = parse_compiler_output(text)
@@ -408,11 +407,6 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
         if result.device.get("present"):
             result.device.update(run_on_device(staging / Path(parsed.blocks[0].output_model).name, model_path))
         (staging / "compile.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        write_manifest(staging, f"{TOOL_NAME} {__version__}")
-        replace_owned_dir(staging, out_dir, option="edgetpu/", legacy=legacy_edgetpu_files)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 

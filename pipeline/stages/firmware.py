@@ -21,7 +21,7 @@ from .. import PROJECT_DIR, TOOL_NAME, __version__
 from ..boards import Board, board_fit, defaults, get_board
 from .check.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
 from ..errors import NotDeployableError, PipelineError
-from ..fileio import ensure_replaceable, replace_owned_dir, safe_name, staging_dir, write_manifest
+from ..fileio import ensure_replaceable, replacing_owned_dir, safe_name
 from ..cache import content_hash
 from ..golden import golden_vectors
 from ..versions import package_version
@@ -164,8 +164,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         "linker_script": "board/cortexm/mps2_an386.ld" if board_preset.qemu_machine else "",
         "qemu_machine": board_preset.qemu_machine,
     }
-    staging = staging_dir(out_dir)
-    try:
+    with replacing_owned_dir(out_dir, context["generator"], option="--out", legacy=legacy_firmware_files) as staging:
         files = _render(staging, context, raw)
         result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena, arena_measured=measured,
                                 arena_source=arena_source, resolver_methods=list(tflm.resolver_methods),
@@ -174,11 +173,6 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
             io = sum(t["bytes"] for t in inputs) + sum(t["elements"] * t["itemsize"] for t in outputs)
             result.board = board_fit(board_preset, model_bytes=len(raw), arena_bytes=arena, io_bytes=io)
             _check_fit(result.board, board_preset)
-        write_manifest(staging, context["generator"])
-        replace_owned_dir(staging, out_dir, option="--out", legacy=legacy_firmware_files)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 

@@ -234,7 +234,7 @@ def _convert(tf, saved: Path, mode: str, *, source: ModelSource, io_type: str | 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if calibration is not None:
         def representative_dataset():
-            from ..progress import Progress
+            from ..console import Progress
 
             with Progress(f"calibrating on {calibration.count} samples", calibration.count) as progress:
                 for i in range(calibration.count):

@@ -73,54 +73,6 @@ def _nbytes(t) -> int:
     return n
 
 
-def format_table(r: CheckResult) -> str:
-    """Per op name: count, Edge TPU status, TFLM status (one row per distinct combination)."""
-    rows: dict[tuple[str, str, str], int] = {}
-    order: list[tuple[str, str, str]] = []
-    ops = (r.edgetpu.ops if r.edgetpu else r.tflm.ops)
-    etpu = {v.index: v for v in r.edgetpu.ops} if r.edgetpu else {}
-    tflm = {v.index: v for v in r.tflm.ops} if r.tflm else {}
-    for v in ops:
-        e = etpu.get(v.index)
-        t = tflm.get(v.index)
-        key = (v.op, e.status if e else "-",
-               ("ok " + (t.resolver_method or "")) if t and t.supported else (f"NO: {t.reason}" if t else "-"))
-        if key not in rows:
-            order.append(key)
-        rows[key] = rows.get(key, 0) + 1
-    w = max([len(k[0]) for k in order] + [8])
-    we = max([len(k[1]) for k in order] + [14])
-    lines = [f"{'Operator':<{w}}  {'Count':>5}  {'Edge TPU':<{we}}  TFLM", "-" * (w + we + 30)]
-    lines += [f"{op:<{w}}  {rows[(op, e, t)]:>5}  {e:<{we}}  {t}" for op, e, t in order]
-    lines.append("")
-    if r.edgetpu:
-        e = r.edgetpu
-        where = "all ops mapped" if e.cut_at is None else f"first CPU op at index {e.cut_at}"
-        lines.append(f"Edge TPU : {'compatible' if e.compatible else 'NOT fully compatible'}: "
-                     f"{e.mapped_ops}/{e.total_ops} ops mapped ({where})"
-                     + (f"; {e.model_problem}" if e.model_problem else ""))
-        if e.off_chip_bytes:
-            lines.append(f"           {e.off_chip_bytes} B of parameters will stream from off-chip memory")
-        for v in e.ops:
-            if not v.mapped and v.fix and v.status != "More than one subgraph is not supported":
-                lines.append(f"           op {v.index} {v.op}: {v.fix}")
-    if r.tflm:
-        t = r.tflm
-        arena = f"arena {t.arena_bytes} B (+{t.recommended_arena_bytes - t.arena_bytes} B margin)" \
-            if t.arena_bytes else "arena not measured"
-        state = "compatible" if t.compatible else "NOT compatible"
-        lines.append(f"TFLM     : {state}: MicroMutableOpResolver<{len(t.resolver_methods)}>, {arena}"
-                     + (f"; interpreter: {t.interpreter_error}" if t.interpreter_error else "")
-                     + (f"; {t.model_problem}" if t.model_problem else ""))
-    if r.board:
-        b = r.board
-        lines.append(f"Board    : {b['name']}: flash {b['flash']['needed_bytes']}/{b['flash']['capacity_bytes']} B "
-                     f"({b['flash']['headroom_percent']}% free), RAM {b['ram']['needed_bytes']}/"
-                     f"{b['ram']['capacity_bytes']} B ({b['ram']['headroom_percent']}% free)"
-                     + ("" if b["flash"]["fits"] and b["ram"]["fits"] else "  DOES NOT FIT"))
-    return "\n".join(lines)
-
-
 # --- registry entry ----------------------------------------------------------------------------
 
 def not_deployable_reasons(checked: dict[str, Any], target: str) -> list[str]:

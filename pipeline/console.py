@@ -1,0 +1,294 @@
+"""Everything the tasks show on a terminal, rendered with `rich`: progress for long work, the
+per-op tables, the stage lines and the summaries.
+
+On a terminal: colour and a live progress bar that clears itself. Anywhere else (CI logs, pipes,
+files): no colour, no control codes, lines never wrapped, and progress as a few plain lines, so
+logs stay greppable. `--json` output never comes through here. No `print` in the library: the
+tasks call these functions.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+_QUIET_FOR_S = 1.0  # work that finishes sooner shows no progress at all
+_LINE_STEPS = (25, 50, 75)  # percent marks printed when stderr is not a terminal
+_LOG_WIDTH = 10_000  # not a terminal: never wrap a line a script may grep
+
+_STATUS_STYLE = {"ran": "green", "skipped": "cyan", "no compiler": "yellow", "not applicable": "dim",
+                 "failed": "bold red"}
+
+
+def make_console(stream=None) -> Console:
+    stream = stream or sys.stdout
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return Console(file=stream, markup=False, highlight=False, emoji=False, soft_wrap=not tty,
+                   width=None if tty else _LOG_WIDTH, force_terminal=tty, color_system="auto" if tty else None)
+
+
+def show(*renderables, stream=None) -> None:
+    """Print to stdout (as it is now: tests and rigs redirect it). Off a terminal, cells padded
+    to their column's width would leave trailing blanks on every line of a log: stripped."""
+    stream = stream or sys.stdout
+    console = make_console(stream)
+    if console.is_terminal:
+        console.print(*renderables)
+        return
+    with console.capture() as captured:
+        console.print(*renderables)
+    stream.write("\n".join(line.rstrip() for line in captured.get().split("\n")))
+    stream.flush()
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+class Progress:
+    """Progress of `total` steps under `label`: nothing for quick work; on a terminal a rich bar,
+    removed when the work ends; otherwise a plain line at 25, 50 and 75%."""
+
+    def __init__(self, label: str, total: int, stream=None):
+        from .runtime.tf import real_stderr
+
+        self.label = label
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream or real_stderr()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self._bar = None
+        self._task = None
+        self._next_mark = 0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        if time.perf_counter() - self.start < _QUIET_FOR_S:
+            return
+        if self.tty:
+            self._show_bar()
+            return
+        pct = 100 * self.done // self.total
+        while self._next_mark < len(_LINE_STEPS) and pct >= _LINE_STEPS[self._next_mark]:
+            self.stream.write(f"  {self.label}: {_LINE_STEPS[self._next_mark]}% ({self.done}/{self.total})\n")
+            self._next_mark += 1
+
+    def _show_bar(self) -> None:
+        if self._bar is None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TaskProgressColumn, TextColumn)
+
+            self._bar = RichProgress(TextColumn("  {task.description}", markup=False), BarColumn(),
+                                     TaskProgressColumn(), MofNCompleteColumn(), transient=True,
+                                     console=make_console(self.stream), auto_refresh=False)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total)
+        self._bar.update(self._task, completed=self.done, refresh=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --- stage lines and the deploy summary -------------------------------------------------------------
+
+def _grid(*widths: int | None) -> Table:
+    table = Table.grid(padding=(0, 1, 0, 0))
+    for width in widths:
+        table.add_column(width=width, no_wrap=width is not None)
+    return table
+
+
+def stage_line(run) -> Table:
+    row = _grid(9, 15, 9, None)
+    row.add_row(run.name, Text(run.status, style=_STATUS_STYLE.get(run.status, "")), f"{run.seconds:7.2f} s",
+                f"({run.note})" if run.note else "")
+    return row
+
+
+def _summary_grid(title: Text, rows: list[tuple[str, str]]) -> Table:
+    table = _grid(1, 10, None)
+    table.title = None
+    grid = Table.grid()
+    grid.add_column()
+    grid.add_row(title)
+    for label, value in rows:
+        table.add_row("", label, value)
+    grid.add_row(table)
+    return grid
+
+
+def deploy_summary(result) -> Table:
+    """What was produced where, and the numbers a CI log or a rig needs at a glance."""
+    out_dir = result.output_dir
+
+    def section(name: str) -> dict[str, Any]:
+        run = result.stage(name)
+        return (run.result if run else {}) or {}
+
+    q, c, k, f, v, h = (section(n) for n in ("quantize", "check", "compile", "firmware", "verify", "hil"))
+    rows: list[tuple[str, str]] = []
+    if q:
+        files = q["files"]
+        rows.append(("model", f"{out_dir / files['quantized']['path']}: {files['quantized']['bytes']} B "
+                              f"({q['size_ratio']:.3f}x of float)"))
+        e = q.get("evaluation") or {}
+        if e.get("labelled"):
+            rows.append(("accuracy", f"float {100 * e['float_accuracy']:.2f}% -> int8 "
+                                     f"{100 * e['quantized_accuracy']:.2f}% on {e['samples']} samples of {e['source']}"))
+        elif e:
+            rows.append(("agreement", f"top-1 {100 * e['top1_agreement']:.2f}% float vs int8 on {e['samples']} samples"))
+    if c.get("edgetpu"):
+        e = c["edgetpu"]
+        rows.append(("Edge TPU", f"{e['mapped_ops']}/{e['total_ops']} ops mapped (predicted){_compiled_note(k)}"))
+    if c.get("tflm"):
+        t = c["tflm"]
+        state = "runs" if t["compatible"] else "does NOT run"
+        rows.append(("TFLM", f"{state}; arena {t['arena_bytes']} B measured" if t["arena_bytes"] else state))
+    if c.get("board"):
+        b = c["board"]
+        rows.append(("board", f"{b['name']}: flash {b['flash']['headroom_percent']}% free, "
+                              f"RAM {b['ram']['headroom_percent']}% free"))
+    if f:
+        rows.append(("firmware", f"{out_dir / f['output_dir']}/ ({len(f['files'])} files, arena {f['arena_bytes']} B, "
+                                 f"{f['test_vectors']} golden vectors)"))
+    if v:
+        ident = v.get("comparisons", {}).get("litert_vs_tflm", {})
+        same = "bit-exact" if ident.get("identical") else f"max {ident.get('max_lsb_difference')} LSB"
+        rows.append(("verify", f"{'PASS' if v['passed'] else 'FAIL'} on {v['samples']} samples: LiteRT vs TFLM {same}"))
+    if h:
+        ok = sum(x["passed"] for x in h["vectors"])
+        rows.append(("hil", f"{'PASS' if h['passed'] else 'FAIL'} {ok}/{len(h['vectors'])} on "
+                            f"{h['device'].get('board', '?')}"))
+    rows += [("why", reason) for reason in result.reasons]
+    rows.append(("report", str(out_dir / "report.md")))
+    verdict = Text.assemble(f"deploy {result.name} (target {result.target}): ",
+                            ("DEPLOYABLE", "bold green") if result.deployable else ("NOT deployable", "bold red"))
+    return _summary_grid(verdict, rows)
+
+
+def _compiled_note(k: dict[str, Any]) -> str:
+    if not k:
+        return ""
+    if not k.get("compiled"):
+        return "; not compiled (no edgetpu_compiler)"
+    models = k.get("compiled_models") or [{}]
+    return f"; compiled: {models[0].get('mapped_ops')} mapped by edgetpu_compiler {k.get('compiler_version')}"
+
+
+# --- quantize, check, verify ---------------------------------------------------------------------------
+
+def quantize_summary(r) -> Table:
+    io = ", ".join(f"{t.name} {t.dtype} {list(t.shape)} scale={t.scale:.6g} zp={t.zero_point}"
+                   if t.scale is not None else f"{t.name} {t.dtype} {list(t.shape)}"
+                   for t in r.inputs + r.outputs)
+    rows = [("size", f"{r.float_bytes} B float -> {r.quantized_bytes} B ({r.size_ratio:.3f}x)"), ("I/O", io)]
+    if not r.deployable_to:
+        rows.append(("NOTE", f"--mode {r.mode} is for comparison only: not deployable to Edge TPU or TFLM"))
+    e = r.evaluation
+    if e is not None:
+        if e.labelled:
+            rows.append(("accuracy", f"float {100 * e.float_accuracy:.2f}% -> {r.mode} "
+                                     f"{100 * e.quantized_accuracy:.2f}% ({e.accuracy_drop_points:+.2f} points drop) "
+                                     f"on {e.samples} samples of {e.source}"))
+        rows.append(("agreement", f"top-1 {100 * e.top1_agreement:.2f}%, max |float-{r.mode}| {e.max_abs_error:.4f}"))
+    rows.append(("report", str(r.output_dir / "report.md")))
+    return _summary_grid(Text(f"quantize ({r.mode}): {r.quantized_model}"), rows)
+
+
+def check_table(r) -> Table:
+    """One row per distinct (op, Edge TPU status, TFLM status), then a verdict per target."""
+    rows: dict[tuple[str, str, str], int] = {}
+    etpu = {v.index: v for v in r.edgetpu.ops} if r.edgetpu else {}
+    tflm = {v.index: v for v in r.tflm.ops} if r.tflm else {}
+    for v in (r.edgetpu.ops if r.edgetpu else r.tflm.ops):
+        e, t = etpu.get(v.index), tflm.get(v.index)
+        key = (v.op, e.status if e else "-",
+               ("ok " + (t.resolver_method or "")) if t and t.supported else (f"NO: {t.reason}" if t else "-"))
+        rows[key] = rows.get(key, 0) + 1
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("Operator", "left"), ("Count", "right"), ("Edge TPU", "left"), ("TFLM", "left")):
+        table.add_column(name, justify=justify)
+    for (op, e, t), count in rows.items():
+        table.add_row(op, str(count), Text(e, style="green" if e == "Mapped to Edge TPU" else "yellow"),
+                      Text(t, style="green" if t.startswith("ok") else "red"))
+    lines = _grid(None)
+    lines.add_row(table)
+    for text in _check_verdicts(r):
+        lines.add_row(text)
+    return lines
+
+
+def _check_verdicts(r) -> list[str]:
+    lines = []
+    if r.edgetpu:
+        e = r.edgetpu
+        where = "all ops mapped" if e.cut_at is None else f"first CPU op at index {e.cut_at}"
+        lines.append(f"Edge TPU : {'compatible' if e.compatible else 'NOT fully compatible'}: "
+                     f"{e.mapped_ops}/{e.total_ops} ops mapped ({where})"
+                     + (f"; {e.model_problem}" if e.model_problem else ""))
+        if e.off_chip_bytes:
+            lines.append(f"           {e.off_chip_bytes} B of parameters will stream from off-chip memory")
+        for v in e.ops:
+            if not v.mapped and v.fix and v.status != "More than one subgraph is not supported":
+                lines.append(f"           op {v.index} {v.op}: {v.fix}")
+    if r.tflm:
+        t = r.tflm
+        arena = f"arena {t.arena_bytes} B (+{t.recommended_arena_bytes - t.arena_bytes} B margin)" \
+            if t.arena_bytes else "arena not measured"
+        state = "compatible" if t.compatible else "NOT compatible"
+        lines.append(f"TFLM     : {state}: MicroMutableOpResolver<{len(t.resolver_methods)}>, {arena}"
+                     + (f"; interpreter: {t.interpreter_error}" if t.interpreter_error else "")
+                     + (f"; {t.model_problem}" if t.model_problem else ""))
+    if r.board:
+        b = r.board
+        lines.append(f"Board    : {b['name']}: flash {b['flash']['needed_bytes']}/{b['flash']['capacity_bytes']} B "
+                     f"({b['flash']['headroom_percent']}% free), RAM {b['ram']['needed_bytes']}/"
+                     f"{b['ram']['capacity_bytes']} B ({b['ram']['headroom_percent']}% free)"
+                     + ("" if b["flash"]["fits"] and b["ram"]["fits"] else "  DOES NOT FIT"))
+    return lines
+
+
+def verify_summary(r) -> Table:
+    backends = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
+    for column in ("name", "latency", "accuracy", "details"):
+        backends.add_column(column, justify="right" if column == "latency" else "left")
+    for b in r.backends:
+        if b.ran:
+            backends.add_row(b.name, f"{b.latency_ms:.3f} ms" if b.latency_ms is not None else "",
+                             f"accuracy {100 * b.accuracy:6.2f}%" if b.accuracy is not None else "",
+                             f"{b.library}, delegate: {b.delegate or 'none'}" + (f" ({b.note})" if b.note else ""))
+        else:
+            backends.add_row(b.name, "not run", "", b.note)
+    checks = _grid(4, None)
+    for c in r.checks:
+        checks.add_row(Text("ok" if c["passed"] else "FAIL", style="green" if c["passed"] else "bold red"),
+                       f"{c['check']}: {c['detail']}")
+    verdict = Text.assemble(f"verify: {r.samples} samples of {r.source}: ",
+                            ("PASS", "bold green") if r.passed else ("FAIL", "bold red"))
+    whole = _grid(None)
+    whole.add_row(verdict)
+    indented = _grid(1, None)
+    indented.add_row("", backends)
+    indented.add_row("", checks)
+    whole.add_row(indented)
+    return whole
+
+
+def boards_table(boards) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("board", "left"), ("name", "left"), ("CPU", "left"), ("flash", "right"),
+                          ("RAM", "right"), ("clock", "right")):
+        table.add_column(name, justify=justify)
+    for b in boards:
+        table.add_row(b.key, b.name, b.cpu, f"{b.flash_bytes // 1024} KiB", f"{b.ram_bytes // 1024} KiB",
+                      f"{b.clock_mhz} MHz")
+    return table
