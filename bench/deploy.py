@@ -27,7 +27,7 @@ BARE = """
 import sys
 from pathlib import Path
 from pipeline.stages.quantize import QuantizeRequest, quantize
-from pipeline.stages.check.run import check
+from pipeline.stages.check import check
 from pipeline.stages.compile import compile_edgetpu
 from pipeline.stages.firmware import generate_firmware
 from pipeline.stages.verify import verify

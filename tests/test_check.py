@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, as_task, coral_model, invoke_cmd
-from pipeline.stages.check.edgetpu import check_edgetpu
-from pipeline.stages.check.run import check
-from pipeline.stages.check.tflm import check_tflm
+from pipeline.rules.edgetpu import check_edgetpu
+from pipeline.stages.check import check
+from pipeline.rules.tflm import check_tflm
 from pipeline.errors import PipelineError
 from pipeline.tflite_model import read_model
 

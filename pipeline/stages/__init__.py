@@ -4,7 +4,7 @@ module (which declares its `STAGE`: name, cache key, outputs, when it applies, i
 from __future__ import annotations
 
 from .base import Stage
-from .check.run import STAGE as CHECK
+from .check import STAGE as CHECK
 from .compile import STAGE as COMPILE
 from .firmware import STAGE as FIRMWARE
 from .hil import STAGE as HIL

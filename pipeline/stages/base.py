@@ -20,7 +20,7 @@ from ..model import CompileOptions, Thresholds, quantized_file_name
 
 TARGETS = ("edgetpu", "tflm", "all")
 # the fact tables whose rules decide check, firmware and board fit: part of those stages' keys
-FACT_TABLES = ("stages/check/edgetpu_ops.json", "stages/check/tflm_ops.json", "boards.toml")
+FACT_TABLES = ("rules/edgetpu_ops.json", "rules/tflm_ops.json", "boards.toml")
 
 
 def fact_tables() -> dict[str, str | None]:

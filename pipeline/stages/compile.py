@@ -465,7 +465,7 @@ def _last_line(text: str) -> str:
 
 
 def _read_back(result: CompileResult, parsed: CompilerOutput, staging: Path, source_model) -> None:
-    from .check.edgetpu import check_edgetpu
+    from ..rules.edgetpu import check_edgetpu
 
     predicted = check_edgetpu(source_model)
     for block in parsed.blocks:

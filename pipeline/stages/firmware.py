@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import PROJECT_DIR, TOOL_NAME, __version__
 from ..boards import Board, board_fit, defaults, get_board
-from .check.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
+from ..rules.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
 from ..errors import NotDeployableError, PipelineError
 from ..fileio import ensure_replaceable, replacing_owned_dir, safe_name
 from ..cache import content_hash

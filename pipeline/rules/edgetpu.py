@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ...tflite_model import Operator, TFLiteModel, Tensor
+from ..tflite_model import Operator, TFLiteModel, Tensor
 
 TABLE_PATH = Path(__file__).with_name("edgetpu_ops.json")
 EIGHT_BIT = ("int8", "uint8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stages.check.edgetpu import LIMITS, check_edgetpu, table
+from pipeline.rules.edgetpu import LIMITS, check_edgetpu, table
 from pipeline.tflite_model import parse_model
 from tflite_builder import ModelBuilder, chain
 

@@ -14,10 +14,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ... import PROJECT_DIR
-from ...runtime.process import signal_name
-from ...runtime.tflm_runner import explain_tflm_error
-from ...tflite_model import Operator, TFLiteModel
+from .. import PROJECT_DIR
+from ..runtime.process import signal_name
+from ..runtime.tflm_runner import explain_tflm_error
+from ..tflite_model import Operator, TFLiteModel
 
 TABLE_PATH = Path(__file__).with_name("tflm_ops.json")
 ARENA_ALIGNMENT = 16

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...boards import board_fit, get_board
-from ...errors import PipelineError
-from ...cache import content_hash
-from ...tflite_model import read_model
-from ...versions import package_version
-from ..base import Job, Stage, fact_tables
-from .edgetpu import EdgeTPUReport, check_edgetpu
-from .tflm import TFLMReport, check_tflm
+from ..boards import board_fit, get_board
+from ..errors import PipelineError
+from ..cache import content_hash
+from ..tflite_model import read_model
+from ..versions import package_version
+from .base import Job, Stage, fact_tables
+from ..rules.edgetpu import EdgeTPUReport, check_edgetpu
+from ..rules.tflm import TFLMReport, check_tflm
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.stages.check.tflm import check_tflm, round_arena, table
+from pipeline.rules.tflm import check_tflm, round_arena, table
 from pipeline.tflite_model import parse_model
 from tflite_builder import ModelBuilder, chain
 
