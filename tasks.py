@@ -38,6 +38,12 @@ def _setting(c, key: str, value):
     return c.config.get("pipeline", {}).get(key, DEFAULTS[key])
 
 
+def _path(value) -> Path:
+    """Paths are made absolute once, here at the edge: workers (the TFLM interpreter, CMake) run
+    in other folders, and a relative path would name another file there."""
+    return Path(value).expanduser().absolute()
+
+
 def _int_option(value, option: str) -> int:
     try:
         return int(value)
@@ -84,7 +90,7 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     request = DeployRequest(
         model=_setting(c, "model", model), data=data, eval_data=eval_data, mode=mode, io_type=io_type,
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=name,
-        out=Path(_setting(c, "out", out)))
+        out=_path(_setting(c, "out", out)))
     result = _run(run_stage, "quantize", job_for_request(request))
     from pipeline.console import quantize_summary, show
 
@@ -119,7 +125,7 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         model=_setting(c, "model", model), data=_setting(c, "data", data),
         eval_data=_setting(c, "eval_data", eval_data), io_type=_setting(c, "io_type", io_type),
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=_setting(c, "name", name),
-        out=Path(_setting(c, "out", out)), target=_setting(c, "target", target),
+        out=_path(_setting(c, "out", out)), target=_setting(c, "target", target),
         board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler),
         port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force)
     result = _run(run_deploy, request, on_stage=lambda run: show(stage_line(run)))
@@ -149,7 +155,7 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     _setup_logging(False)
     request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter)
     _run(validate_request, request)  # before the demo would be quantized for nothing
-    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", out)))
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
     result = _run(run_stage, "check", job_for_model(path, request))
     if json:
         print(json_module.dumps(result.to_json()))
@@ -189,7 +195,7 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     options = CompileOptions(intermediate_tensors=intermediate_tensors,
                              enable_multiple_subgraphs=enable_multiple_subgraphs,
                              search_delegate=search_delegate, **ints)
-    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", out)))
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
     wall = _int_option(timeout, "--timeout") if timeout is not None else DEFAULT_WALL_TIMEOUT_S
     request = DeployRequest(compiler=compiler, compile_options=options, compile_timeout_s=wall,
                             require_compiler=require)
@@ -222,12 +228,12 @@ def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, 
     from pipeline.stages.firmware import DEFAULT_VECTORS, build_and_verify, firmware_options, tflm_tree_path
 
     _setup_logging(False)
-    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     tree = _run(tflm_tree_path, tflm_tree) if build else None
     if build and tree is None:
         raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
     tolerance = _int_option(tolerance, "--tolerance") if tolerance else 0
-    request = DeployRequest(board=board, firmware_out=Path(out) if out else None, tolerance=tolerance, data=data,
+    request = DeployRequest(board=board, firmware_out=_path(out) if out else None, tolerance=tolerance, data=data,
                             vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS)
     job = job_for_model(path, request, borrow=("quantize",))
     result = _run(run_stage, "firmware", job)
@@ -276,7 +282,7 @@ def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=N
         max_lsb_litert_vs_tflm=_int_option(max_lsb, "--max-lsb") if max_lsb is not None else defaults.max_lsb_litert_vs_tflm,
         min_top1_agreement=_float_option(min_agreement, "--min-agreement", defaults.min_top1_agreement),
         max_accuracy_drop_points=_float_option(max_drop, "--max-drop", defaults.max_accuracy_drop_points))
-    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     request = DeployRequest(data=data, thresholds=thresholds,
                             verify_samples=_int_option(samples, "--samples") if samples else DEFAULT_SAMPLES)
     result = _run(run_stage, "verify", job_for_model(path, request))
@@ -304,7 +310,7 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
     from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
 
     _setup_logging(False)
-    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     request = DeployRequest(port=port, baud=_int_option(baud, "--baud") if baud else 115200, data=data,
                             vectors=_int_option(vectors, "--vectors") if vectors else 4,
                             tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0,
@@ -336,7 +342,7 @@ def emulate(c, model=None, fault=None):
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    path = _run(resolve_model, _setting(c, "model", model), Path(_setting(c, "out", None)))
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     emulator = _run(Emulator, path, fault=fault)
     print(emulator.port, flush=True)  # the first line: rigs read the port path from it
     try:

@@ -248,6 +248,7 @@ def _check_verdicts(r) -> list[str]:
         lines.append(f"TFLM     : {state}: MicroMutableOpResolver<{len(t.resolver_methods)}>, {arena}"
                      + (f"; interpreter: {t.interpreter_error}" if t.interpreter_error else "")
                      + (f"; {t.model_problem}" if t.model_problem else ""))
+        lines += [f"           note: {note}" for note in t.notes]
     if r.board:
         b = r.board
         lines.append(f"Board    : {b['name']}: flash {b['flash']['needed_bytes']}/{b['flash']['capacity_bytes']} B "

@@ -155,8 +155,8 @@ def resolve_model(model: str, out: Path) -> Path:
         if not path.is_file():
             log.info("no %s yet: quantizing the demo first", path)
             run_stage("quantize", job_for_request(DeployRequest(out=out)))
-        return path
-    return Path(model)
+        return path.absolute()
+    return Path(model).expanduser().absolute()
 
 
 def raise_if_not_deployable(result: DeployResult) -> None:

@@ -96,3 +96,37 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
 def test_help_documents_options(option):
     proc = run_invoke("--help", "quantize")
     assert proc.returncode == 0 and option in proc.stdout
+
+
+def test_relative_paths_name_the_same_files_in_every_task(demo_int8, tmp_path):
+    """Run from another folder with paths relative to it: the TFLM worker, the firmware and the
+    reports must all see the user's files, not files relative to the package."""
+    from pipeline import demo
+
+    work = tmp_path / "work"
+    (work / "m").mkdir(parents=True)
+    for f in ("model_int8.tflite", "model_float.tflite", "report.json"):
+        (work / "m" / f).write_bytes((demo_int8.output_dir / f).read_bytes())
+    split = demo.digits_split()
+    np.savez(work / "test.npz", x=split.x_test[:40], y=split.y_test[:40])
+    rel = ["-r", str(ROOT)]
+    check = run_invoke(*rel, "check", "--model", "m/model_int8.tflite", "--json", cwd=work)
+    assert check.returncode == 0, check.stderr
+    doc = json.loads(check.stdout)
+    assert doc["tflm"]["compatible"] and doc["tflm"]["arena_bytes"] == demo_arena(demo_int8)
+    assert doc["model"] == str(work / "m" / "model_int8.tflite")
+    verify = run_invoke(*rel, "verify", "--model", "m/model_int8.tflite", "--data", "test.npz", cwd=work)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "verify: 40 samples of test.npz: PASS" in verify.stdout
+    fw = run_invoke(*rel, "firmware", "--model", "m/model_int8.tflite", "--out", "fw", "--data", "test.npz", cwd=work)
+    assert fw.returncode == 0, fw.stderr
+    assert (work / "fw" / "model_data.cc").is_file() and not (ROOT / "fw").exists()
+    report = json.loads((work / "m" / "report.json").read_text())
+    assert report["check"]["tflm"]["arena_bytes"] == doc["tflm"]["arena_bytes"]
+    assert report["verify"]["passed"] is True
+
+
+def demo_arena(demo_int8) -> int:
+    from pipeline.stages.check import check
+
+    return check(demo_int8.quantized_model, target="tflm").tflm.arena_bytes

@@ -57,6 +57,7 @@ class TFLMReport:
     interpreter_error: str | None
     arena_bytes: int | None
     model_problem: str | None
+    notes: tuple[str, ...] = ()
 
     @property
     def recommended_arena_bytes(self) -> int | None:
@@ -69,7 +70,7 @@ class TFLMReport:
                 "resolver_size": len(self.resolver_methods),
                 "resolver_methods": list(self.resolver_methods),
                 "interpreter": {"ran": self.interpreter_ran, "error": self.interpreter_error},
-                "model_problem": self.model_problem,
+                "model_problem": self.model_problem, "notes": list(self.notes),
                 "rules": f"tflite-micro {table()['tflite_micro_commit'][:12]} (wheel {table()['tflite_micro_wheel']})",
                 "ops": [o.to_json() for o in self.ops]}
 
@@ -130,15 +131,22 @@ def _verdict(model: TFLiteModel, op: Operator) -> TFLMOpVerdict:
     return TFLMOpVerdict(op.index, op.op, True, method, f"{dtype or 'no activation'} kernel")
 
 
-def static_check(model: TFLiteModel) -> tuple[list[TFLMOpVerdict], str | None]:
+def static_check(model: TFLiteModel) -> tuple[list[TFLMOpVerdict], str | None, list[str]]:
+    """Per-op verdicts, a problem that makes the whole model unusable, and notes."""
     verdicts = [_verdict(model, op) for sg in model.subgraphs[:1] for op in sg.operators]
     problem = None
+    notes = []
     if invalid := model.invalid_quantization():
         problem = (f"invalid quantization: {'; '.join(invalid[:3])}: the file is corrupt or was calibrated "
                    "on NaN/Inf data (fix: quantize again with `invoke quantize`)")
-    elif any(t.is_dynamic for t in model.main.tensors):
-        problem = "dynamic-sized tensors: TFLM needs static shapes (batch fixed to 1)"
-    return verdicts, problem
+    dynamic = [t for t in model.main.tensors if t.is_dynamic]
+    if dynamic:
+        # TFLM allocates every tensor from `shape` and never reads `shape_signature` (the
+        # interpreter run below is the proof): a dynamic batch runs at the stored batch.
+        t = dynamic[0]
+        notes.append(f"{len(dynamic)} tensors have a dynamic shape_signature (e.g. '{t.name}' "
+                     f"{list(t.shape_signature)}): TFLM ignores it and runs the stored shape {list(t.shape)}")
+    return verdicts, problem, notes
 
 
 def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, str | None]:
@@ -201,7 +209,7 @@ def round_arena(n: int) -> int:
 
 
 def check_tflm(model: TFLiteModel, model_path: Path | None, *, run_interpreter: bool = True) -> TFLMReport:
-    verdicts, problem = static_check(model)
+    verdicts, problem, notes = static_check(model)
     methods = tuple(dict.fromkeys(v.resolver_method for v in verdicts if v.resolver_method))
     ran = arena = error = None
     if run_interpreter and model_path is not None and problem is None:
@@ -216,4 +224,4 @@ def check_tflm(model: TFLiteModel, model_path: Path | None, *, run_interpreter: 
     compatible = problem is None and all(v.supported for v in verdicts) and ran is not False
     return TFLMReport(compatible=compatible, ops=tuple(verdicts), resolver_methods=methods,
                       interpreter_ran=ran, interpreter_error=error, arena_bytes=arena,
-                      model_problem=problem)
+                      model_problem=problem, notes=tuple(notes))
