@@ -223,19 +223,25 @@ class _ScopeResolver:
                              and (keras is None or _strip_suffix(self.root_scope) == keras.name))
 
     def resolve(self, scope: tuple[str, ...]) -> tuple[str | None, bool]:
+        """A name the Keras model does not have keeps its name-only reading, unconfirmed."""
         if self.keras is not None:
-            return self._by_keras(scope)
+            path, confirmed = self._by_keras(scope)
+            if path is not None:
+                return path, confirmed
+        return self._by_pattern(scope), False
+
+    def _by_pattern(self, scope: tuple[str, ...]) -> str | None:
         if len(scope) < 2:
-            return None, False
+            return None
         inner = scope[1:]
         if not self.suffixed:  # no export suffix: nested layers cannot be told from TF scopes
-            return inner[0], False
+            return inner[0]
         parts = []
         for component in inner:
             if not _EXPORT_SUFFIX.match(component):
                 break
             parts.append(_strip_suffix(component))
-        return ("/".join(parts) if parts else None), False
+        return "/".join(parts) if parts else None
 
     def _by_keras(self, scope: tuple[str, ...]) -> tuple[str | None, bool]:
         keras = self.keras

@@ -56,3 +56,69 @@ def build_layer_norm_model(path: Path, seed: int = 0) -> Path:
     y = layers.Dense(4, name="head")(y)
     keras.Model(tokens, y, name="functional_ln").save(path)
     return path
+
+
+_BUILT: dict[tuple[str, str], object] = {}
+
+
+def quantized_mobilenet(out_root: Path, run_quantize, samples: int = 16):
+    """MobileNetV2-0.35 through the real `quantize` stage, once per test session (both test
+    modules share it): (QuantizeResult, .keras path, held-out images)."""
+    key = ("mobilenet", str(out_root))
+    if key not in _BUILT:
+        work = out_root / "diagnosis-models"
+        work.mkdir(parents=True, exist_ok=True)
+        keras_path = build_mobilenet_v2(work / "mobilenet_v2_035_96.keras")
+        np.save(work / "calibration.npy", smooth_images(samples, seed=5))
+        result = run_quantize(model=str(keras_path), data=str(work / "calibration.npy"),
+                              samples=samples, name="mobilenet_v2")
+        _BUILT[key] = (result, keras_path, smooth_images(8, seed=9))
+    return _BUILT[key]
+
+
+def converted_layer_norm(out_root: Path):
+    """The LayerNormalization/GELU/Lambda model as float and int8 .tflite files. Converted here
+    rather than by `quantize`: Keras refuses to load a Lambda with a Python lambda in safe mode,
+    and the quantizer leaves NEG in float, which `quantize` rightly rejects."""
+    key = ("layer_norm", str(out_root))
+    if key not in _BUILT:
+        from pipeline.recommend import convert_variant
+        from pipeline.data import SampleSet
+        from pipeline.tf_runtime import import_tensorflow
+
+        tf = import_tensorflow()
+        import keras
+
+        work = out_root / "diagnosis-models"
+        work.mkdir(parents=True, exist_ok=True)
+        keras_path = build_layer_norm_model(work / "layer_norm.keras")
+        model = keras.models.load_model(keras_path, safe_mode=False)
+        saved = work / "layer_norm_saved_model"
+        model.export(str(saved), format="tf_saved_model", verbose=False,
+                     input_signature=[tf.TensorSpec((1, 16, 8), tf.float32, name="tokens")])
+        x = np.random.default_rng(3).standard_normal((16, 16, 8)).astype(np.float32)
+        calibration = SampleSet({"tokens": x}, None, "random tokens")
+        paths = {}
+        for mode in ("float", "int8"):
+            paths[mode] = work / f"layer_norm_{mode}.tflite"
+            paths[mode].write_bytes(convert_variant(tf, saved, mode, calibration=calibration))
+        _BUILT[key] = (paths["float"], paths["int8"], keras_path, calibration)
+    return _BUILT[key]
+
+
+def corrupt_weights(model_path: Path, op_index: int, dest: Path) -> Path:
+    """A copy of the model with output channel 0 of op `op_index`'s weights (input 1) negated,
+    patched in place at the buffer's offset in the flatbuffer: a bit flip in flash, or a
+    device running another image."""
+    from pipeline.tflite_model import read_model
+
+    model = read_model(model_path)
+    weights = model.main.tensors[model.main.operators[op_index].inputs[1]]
+    start, length = model.buffer_spans[weights.buffer]
+    raw = bytearray(model.raw)
+    values = np.frombuffer(bytes(raw[start:start + length]), np.int8).copy()
+    per_channel = length // weights.shape[0]
+    values[:per_channel] = -values[:per_channel]
+    raw[start:start + length] = values.tobytes()
+    dest.write_bytes(bytes(raw))
+    return dest
