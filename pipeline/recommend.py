@@ -4,11 +4,15 @@ Every candidate is converted from the same fixed-batch SavedModel export as the 
 (int8, per-channel weights, the calibration samples `invoke quantize` used), in the same run,
 and evaluated on the same samples with LiteRT's built-in kernels; the gain is the measured
 difference, never an estimate. Each option says which targets it keeps: int16x8 activations
-run on TFLite Micro only (the Edge TPU has no int16 kernels); per-tensor weights and other
-calibration samples keep both.
+run on TFLite Micro only (the Edge TPU has no int16 kernels); a layer kept in float runs on
+TFLite Micro's float kernels (the Edge TPU compiler would leave that op, and what depends on
+it, to the CPU); per-tensor weights and other calibration samples keep both.
 
-The converter call mirrors `pipeline.quantize._convert` and adds the one switch it lacks
-(`_experimental_disable_per_channel`); `_convert` could take a `per_channel` argument instead.
+The converter call mirrors `pipeline.quantize._convert` and adds what it lacks: the
+`_experimental_disable_per_channel` switch, and for a float layer the converter's own two
+steps run apart (`_experimental_calibrate_only`, then `mlir_quantize` with `denylisted_nodes`,
+the op output names that stay float: what `QuantizationDebugger` uses for selective
+quantization). `_convert` could take `per_channel` and `float_nodes` arguments instead.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .errors import PipelineError
 
 TARGETS_INT8 = ("edgetpu", "tflm")
 TARGETS_INT16X8 = ("tflm",)
+TARGETS_FLOAT_LAYER = ("tflm",)
 BASELINE = "int8, per-channel weights"
 
 
@@ -39,6 +44,7 @@ class Variant:
     targets: tuple[str, ...]
     per_channel: bool = True
     calibration: SampleSet | None = None  # None: the baseline's calibration samples
+    float_nodes: tuple[str, ...] = ()  # op output tensor names to keep in float
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Remedy:
     settings: dict[str, Any]
     measured: Measurement | None
     error: str | None = None  # the converter refused this variant
+    model: bytes = field(default=b"", repr=False, compare=False)  # the converted variant
 
     def gain(self, baseline: Measurement) -> dict[str, float | None]:
         if self.measured is None:
@@ -121,6 +128,20 @@ def default_variants(calibration: SampleSet, used: int) -> list[Variant]:
     return variants
 
 
+def float_layer_variants(model, layers, keras_layers: list[str]) -> list[Variant]:
+    """One variant per Keras layer (from the diagnosis's worst layers) that keeps every op of
+    that layer in float; `model` is the quantized TFLiteModel, `layers` its `map_layers`."""
+    out = []
+    for name in keras_layers:
+        ops = [r.op_index for r in layers if r.keras_layer == name and r.op not in ("QUANTIZE", "DEQUANTIZE")]
+        nodes = tuple(model.main.tensors[model.main.operators[k].outputs[0]].name for k in ops)
+        if nodes:
+            out.append(Variant(f"float layer: {name}", f"keep layer `{name}` ({len(ops)} op(s)) in "
+                               "float32 between DEQUANTIZE and QUANTIZE", "int8",
+                               TARGETS_FLOAT_LAYER, float_nodes=nodes))
+    return out
+
+
 def measure_remedies(model: str, calibration: SampleSet, evaluation: SampleSet, *,
                      calibration_used: int | None = None, io_type: str = "int8",
                      variants: list[Variant] | None = None,
@@ -146,22 +167,30 @@ def measure_remedies(model: str, calibration: SampleSet, evaluation: SampleSet, 
                               samples=evaluation.count, source=evaluation.source)
         for v in variants:
             settings = {"mode": v.mode, "per_channel": v.per_channel,
-                        "calibration_samples": (v.calibration or baseline_calibration).count}
+                        "calibration_samples": (v.calibration or baseline_calibration).count,
+                        "float_nodes": list(v.float_nodes)}
             try:
                 data = convert_variant(tf, saved, v.mode, io_type=io_type if v.mode == "int8" else None,
                                        calibration=v.calibration or baseline_calibration,
-                                       per_channel=v.per_channel)
+                                       per_channel=v.per_channel, float_nodes=v.float_nodes)
                 measured, error = _measure(data, evaluation, float_out), None
             except PipelineError as exc:
-                measured, error = None, exc.problem
-            report.remedies.append(Remedy(v.name, v.description, v.targets, settings, measured, error))
+                data, measured, error = b"", None, exc.problem
+            report.remedies.append(Remedy(v.name, v.description, v.targets, settings, measured,
+                                          error, data))
     return report
 
 
 def convert_variant(tf, saved: Path, mode: str, *, io_type: str | None = None,
-                    calibration: SampleSet | None = None, per_channel: bool = True) -> bytes:
-    """The TF converter as `pipeline.quantize._convert` calls it, plus the per-channel switch."""
+                    calibration: SampleSet | None = None, per_channel: bool = True,
+                    float_nodes: tuple[str, ...] = ()) -> bytes:
+    """The TF converter as `pipeline.quantize._convert` calls it, plus the per-channel switch
+    and, for int8, ops to keep in float (by output tensor name)."""
     from .tf_runtime import captured_stderr
+
+    if float_nodes and mode != "int8":
+        raise PipelineError(f"float layers need --mode int8, not {mode}", field="float_nodes",
+                            fix="keep layers in float only in an int8 model")
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if mode != "float":
@@ -178,7 +207,16 @@ def convert_variant(tf, saved: Path, mode: str, *, io_type: str | None = None,
         converter.inference_input_type = converter.inference_output_type = tf.int16
     try:
         with captured_stderr():
-            return converter.convert()
+            if not float_nodes:
+                return converter.convert()
+            from tensorflow.lite.python import convert as tf_convert
+
+            converter._experimental_calibrate_only = True
+            calibrated = converter.convert()
+            io = getattr(tf, io_type or "int8")
+            return tf_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
+                                            fully_quantize=True, input_data_type=io,
+                                            output_data_type=io, denylisted_nodes=list(float_nodes))
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PipelineError(f"the TF converter failed ({mode}, per_channel={per_channel}): {first}",

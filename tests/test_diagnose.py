@@ -14,9 +14,11 @@ from pipeline.diagnose import (TWIN_BY_NAME, TWIN_BY_VALUE, diagnose, first_dive
                                match_float_twins, model_inputs)
 from pipeline.errors import PipelineError
 from pipeline.model import TensorSpec
-from pipeline.recommend import TARGETS_INT16X8, measure_remedies, recommendations
+from pipeline.layers import map_layers
+from pipeline.recommend import (TARGETS_INT16X8, default_variants, float_layer_variants,
+                                measure_remedies, recommendations)
 from pipeline.tensor_capture import capture_tensors, op_outputs
-from pipeline.tflite_model import read_model
+from pipeline.tflite_model import parse_model, read_model
 
 import diagnosis_models
 
@@ -242,11 +244,22 @@ def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, 
     calibration = demo.split_samples("calibration", specs)
     evaluation = demo.split_samples("test", specs)
     used = 8
+    quant = read_model(demo_case["int8"])
+    variants = default_variants(calibration, used) + \
+        float_layer_variants(quant, map_layers(quant), ["conv2"])
     report = measure_remedies("demo", calibration, evaluation, calibration_used=used,
-                              cache_dir=out_root / ".cache")
+                              cache_dir=out_root / ".cache", variants=variants)
     names = [r.name for r in report.remedies]
     assert names == ["int16x8", "per-tensor weights", f"calibration: all {calibration.count} samples",
-                     f"calibration: other {used} samples"]
+                     f"calibration: other {used} samples", "float layer: conv2"]
+    assert all(r.measured is not None and r.error is None for r in report.remedies)
+    # the float-layer variant really has conv2 in float32, wrapped in DEQUANTIZE/QUANTIZE
+    fallback = parse_model(report.remedies[-1].model)
+    ops = fallback.main.operators
+    conv2 = next(op for op in ops if "conv2" in fallback.main.tensors[op.outputs[0]].name)
+    assert fallback.main.tensors[conv2.outputs[0]].dtype == "float32"
+    assert ops[conv2.index - 1].op == "DEQUANTIZE" and ops[conv2.index + 1].op == "QUANTIZE"
+    assert report.remedies[-1].targets == ("tflm",)
     int16 = next(r for r in report.remedies if r.name == "int16x8")
     assert int16.targets == TARGETS_INT16X8
     # rerun the int16x8 option through the real quantize stage and measure it independently
@@ -262,6 +275,6 @@ def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, 
     recs = recommendations([{"keras_layer": "conv2", "op_index": 2, "label": "op 2", "why": "",
                              "clipped_fraction": 0.0}], report)
     measured = [r for r in recs if r["kind"] == "measured"]
-    assert len(measured) == 4 and all(r["worst_layers"] == ["conv2"] for r in measured)
+    assert len(measured) == 5 and all(r["worst_layers"] == ["conv2"] for r in measured)
     gains = [r["gain"]["accuracy_points"] for r in measured]
     assert gains == sorted(gains, reverse=True)
