@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from common import timed  # noqa: E402
+from common import timed
 
 DIAGNOSE = """
 import sys, numpy as np
@@ -57,9 +56,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    import diagnosis_models
     import numpy as np
 
-    import diagnosis_models
     from pipeline.quantize import QuantizeRequest, quantize
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,14 +20,18 @@ the float model fuses the same activation into the same op, so both outputs are 
 
 The numbers are accumulated error (the int8 model is run end to end, as deployed), not
 isolated per-layer error. `snr_drop_db` (input SNR minus output SNR) separates what an op adds
-from what it inherits, and ranks the worst layers.
+from what it inherits; `excess_db` compares that with what rounding to the op's own output
+scale must cost (an op at ~0 dB is as good as int8 allows) and ranks the worst layers.
 
-`tf.lite.experimental.QuantizationDebugger` is not used: it re-quantizes the model itself with
-`enable_numeric_verify` (so it diagnoses a debug model with float I/O, not the deployed file:
-its input feeding handles float->int8 only, not uint8 or int16 I/O), needs the converter
-and representative dataset again, runs TF's own interpreter with a NumericVerify custom op
-that neither LiteRT's reference resolver nor TFLM has, and has no int16x8 path. Its one extra,
-the error of each layer in isolation, is noted as future work.
+`tf.lite.experimental.QuantizationDebugger` is not used (tried on the demo, TF 2.21): it
+re-quantizes the model itself with `enable_numeric_verify`, so it measures a debug model, not
+the deployed file: that model has float32 I/O whatever `inference_input_type` says (int8 or
+uint8 alike), a `CUSTOM:NumericVerify` op after every quantized op (neither LiteRT's reference
+resolver nor TFLM has it), and runs in TF's deprecated `tf.lite.Interpreter`; it needs the
+converter and representative dataset again, and its quantizer path has no int16x8. It matches
+tensors by name too: each NumericVerify is named `NumericVerify/<quantized tensor name>:<index>`.
+What it adds is the error of each layer in isolation (its float op is fed the dequantized
+quantized input): worth a column later, where a Keras model is at hand.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from .data import SampleSet
 from .errors import PipelineError
 from .layers import KerasModelLayers, OpLayer, map_layers
 from .tensor_capture import RUNTIMES, TensorValues, capture_tensors, op_outputs
-from .tflite_model import TFLiteModel, Tensor, read_model
+from .tflite_model import Tensor, TFLiteModel, read_model
 
 VALUE_PRESERVING_OPS = {"QUANTIZE", "DEQUANTIZE"}
 TWIN_BY_NAME = "tensor name"

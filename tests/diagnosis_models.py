@@ -82,8 +82,8 @@ def converted_layer_norm(out_root: Path):
     and the quantizer leaves NEG in float, which `quantize` rightly rejects."""
     key = ("layer_norm", str(out_root))
     if key not in _BUILT:
-        from pipeline.recommend import convert_variant
         from pipeline.data import SampleSet
+        from pipeline.recommend import convert_variant
         from pipeline.tf_runtime import import_tensorflow
 
         tf = import_tensorflow()

@@ -5,22 +5,33 @@ from __future__ import annotations
 import json
 import math
 
+import diagnosis_models
 import numpy as np
 import pytest
 
 from pipeline import demo
 from pipeline.data import SampleSet
-from pipeline.diagnose import (TWIN_BY_NAME, TWIN_BY_VALUE, diagnose, first_divergence,
-                               match_float_twins, model_inputs)
+from pipeline.diagnose import (
+    TWIN_BY_NAME,
+    TWIN_BY_ORDER,
+    TWIN_BY_VALUE,
+    diagnose,
+    first_divergence,
+    match_float_twins,
+    model_inputs,
+)
 from pipeline.errors import PipelineError
-from pipeline.model import TensorSpec
 from pipeline.layers import map_layers
-from pipeline.recommend import (TARGETS_INT16X8, default_variants, float_layer_variants,
-                                measure_remedies, recommendations)
+from pipeline.model import TensorSpec
+from pipeline.recommend import (
+    TARGETS_INT16X8,
+    default_variants,
+    float_layer_variants,
+    measure_remedies,
+    recommendations,
+)
 from pipeline.tensor_capture import capture_tensors, op_outputs
 from pipeline.tflite_model import parse_model, read_model
-
-import diagnosis_models
 
 DEMO_SAMPLES = 24
 
@@ -199,7 +210,7 @@ def test_first_divergence_refuses_outputs_of_another_shape(demo_int8):
 # --- converter corners --------------------------------------------------------------------------
 
 def test_float_twins_follow_names_and_quantize_dequantize_keep_values(out_root):
-    float_path, int8_path, keras_path, calibration = diagnosis_models.converted_layer_norm(out_root)
+    float_path, int8_path, _, _ = diagnosis_models.converted_layer_norm(out_root)
     quant, float_model = read_model(int8_path), read_model(float_path)
     op_twin, _ = match_float_twins(quant, float_model)
     rules = {quant.main.operators[k].op: t.rule for k, t in op_twin.items()}
@@ -278,3 +289,21 @@ def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, 
     assert len(measured) == 5 and all(r["worst_layers"] == ["conv2"] for r in measured)
     gains = [r["gain"]["accuracy_points"] for r in measured]
     assert gains == sorted(gains, reverse=True)
+
+
+def test_uint8_io_model_matches_through_its_edge_quantize_ops(demo_case, run_quantize):
+    """With uint8 I/O the converter adds a QUANTIZE at each end and renames the SOFTMAX output
+    (`StatefulPartitionedCall_1:01`): the edges keep their input's twin, the SOFTMAX is matched
+    by op order, and the int8 ops inside are the int8 model's, number for number."""
+    uint8 = run_quantize(name="demo_uint8", io_type="uint8")
+    model = read_model(uint8.quantized_model)
+    assert model.main.input_tensors()[0].dtype == "uint8"
+    result = diagnose(uint8.quantized_model, demo_case["float"], demo_case["samples"], runtimes=None)
+    rules = [e.twin.rule for e in result.layers]
+    assert rules[0] == rules[-1] == TWIN_BY_VALUE and rules[-2] == TWIN_BY_ORDER
+    assert all(e.layer.keras_layer for e in result.layers)
+    int8 = diagnose(demo_case["int8"], demo_case["float"], demo_case["samples"], runtimes=None)
+    inner = result.layers[1:-1]
+    assert [e.op for e in inner] == [e.op for e in int8.layers]
+    for a, b in zip(inner, int8.layers):
+        assert a.error.snr_db == pytest.approx(b.error.snr_db, abs=1e-9)

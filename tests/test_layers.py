@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import zipfile
 
+import diagnosis_models
 import pytest
 from tflite_builder import ModelBuilder
 
 from pipeline import demo
 from pipeline.errors import PipelineError
-from pipeline.layers import (MATCH_CONFIRMED, MATCH_NEIGHBOUR, MATCH_NOT_FOUND, MATCH_TENSOR_NAME,
-                             MATCH_WEIGHT_NAME, keras_layers_from_config, map_layers, name_scopes,
-                             read_keras_layers, unmapped_layers)
+from pipeline.layers import (
+    MATCH_CONFIRMED,
+    MATCH_NEIGHBOUR,
+    MATCH_NOT_FOUND,
+    MATCH_TENSOR_NAME,
+    MATCH_WEIGHT_NAME,
+    keras_layers_from_config,
+    map_layers,
+    name_scopes,
+    read_keras_layers,
+    unmapped_layers,
+)
 from pipeline.tflite_model import parse_model, read_model
-
-import diagnosis_models
-
 
 # --- names and configs, no TensorFlow -----------------------------------------------------------
 
