@@ -177,6 +177,22 @@ def test_litert_reference_kernels_and_tflm_agree(case):
     assert exact is None or (exact.max_lsb == 1 and all(i["identical"] for i in exact.inputs))
 
 
+def test_every_runtime_returns_every_op_output(demo_case):
+    model = read_model(demo_case["int8"])
+    inputs = model_inputs(model, demo_case["samples"])
+    outputs = {rt: op_outputs(model, capture_tensors(demo_case["int8"], inputs, rt))
+               for rt in ("litert-ref", "litert", "litert-xnnpack", "tflm")}
+    for rt, per_op in outputs.items():
+        assert sorted(per_op) == [op.index for op in model.main.operators], rt
+        for op in model.main.operators:
+            shape = model.main.tensors[op.outputs[0]].shape
+            assert per_op[op.index].shape == (DEMO_SAMPLES, *shape[1:]), (rt, op.index)
+    # XNNPACK rounds differently: 1 LSB from conv1 on; only the SOFTMAX, whose inputs already
+    # differ by that LSB, goes further (7 LSB on one of 240 values, near a saturated output)
+    found = first_divergence(outputs["litert-ref"], outputs["litert-xnnpack"], model, tolerance=1)
+    assert found is None or (found.op == "SOFTMAX" and found.inputs[0]["identical"] is False)
+
+
 # --- first_divergence on its own ------------------------------------------------------------------
 
 def test_first_divergence_skips_ops_one_side_lacks_and_reports_input_agreement(demo_int8):
