@@ -442,6 +442,12 @@ def quantization_errors(quant_path: Path, float_path: Path, samples: SampleSet, 
     """Per-layer float-vs-quantized error of one quantized model (int8 or int16x8), and the
     quantized model's captured tensors (for reuse in the runtime comparison)."""
     quant, float_model = read_model(quant_path), read_model(float_path)
+    op_twin, _ = match_float_twins(quant, float_model)
+    if all(t.float_tensor is None for t in op_twin.values()):
+        raise PipelineError("no op of the quantized model has a float twin in this float model",
+                            path=float_path, field="float model",
+                            fix=f"pass the model_float.tflite that `invoke quantize` wrote beside "
+                                f"{Path(quant_path).name}")
     layers = map_layers(quant, keras)
     q_tensors = capture_tensors(quant_path, model_inputs(quant, samples), runtime)
     f_tensors = capture_tensors(float_path, model_inputs(float_model, samples), "litert")

@@ -277,3 +277,21 @@ def recommendations(worst: list[dict[str, Any]], report: RemedyReport | None) ->
                                        "clipped activation, retrained, keeps the range small",
                         "targets": list(TARGETS_INT8), "worst_layers": [w["keras_layer"]]})
     return out
+
+
+def diagnose_recommendations(diagnosis, model: str, calibration: SampleSet, evaluation: SampleSet,
+                             *, calibration_used: int | None = None, float_layers: int = 1,
+                             io_type: str = "int8", cache_dir: Path = Path("build/.cache"),
+                             ) -> tuple[RemedyReport, list[dict[str, Any]]]:
+    """The default variants plus keeping each of the `float_layers` worst layers of a
+    `pipeline.diagnose.Diagnosis` in float, measured; and the report's `recommendations`."""
+    from .tflite_model import read_model
+
+    quant = read_model(diagnosis.quantized_model)
+    used = min(calibration_used or calibration.count, calibration.count)
+    worst = [w["keras_layer"] for w in diagnosis.worst[:float_layers] if w["keras_layer"]]
+    variants = default_variants(calibration, used) + \
+        float_layer_variants(quant, [e.layer for e in diagnosis.layers], worst)
+    report = measure_remedies(model, calibration, evaluation, calibration_used=used,
+                              io_type=io_type, variants=variants, cache_dir=cache_dir)
+    return report, recommendations(diagnosis.worst, report)

@@ -21,15 +21,8 @@ from pipeline.diagnose import (
     model_inputs,
 )
 from pipeline.errors import PipelineError
-from pipeline.layers import map_layers
 from pipeline.model import TensorSpec
-from pipeline.recommend import (
-    TARGETS_INT16X8,
-    default_variants,
-    float_layer_variants,
-    measure_remedies,
-    recommendations,
-)
+from pipeline.recommend import TARGETS_INT16X8, diagnose_recommendations
 from pipeline.tensor_capture import capture_tensors, op_outputs
 from pipeline.tflite_model import parse_model, read_model
 
@@ -262,6 +255,13 @@ def test_int16x8_model_is_diagnosed_beside_int8(demo_case, run_quantize):
     assert section["output_snr_db"] > result.to_json()["output_snr_db"]
 
 
+def test_float_model_of_another_export_is_a_clear_error(demo_case, out_root):
+    float_path, _, _, _ = diagnosis_models.converted_layer_norm(out_root)
+    with pytest.raises(PipelineError) as err:
+        diagnose(demo_case["int8"], float_path, demo_case["samples"], runtimes=None)
+    assert "has a float twin" in err.value.problem and err.value.path == str(float_path)
+
+
 # --- recommendations ---------------------------------------------------------------------------
 
 def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, run_quantize):
@@ -271,21 +271,23 @@ def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, 
     calibration = demo.split_samples("calibration", specs)
     evaluation = demo.split_samples("test", specs)
     used = 8
-    quant = read_model(demo_case["int8"])
-    variants = default_variants(calibration, used) + \
-        float_layer_variants(quant, map_layers(quant), ["conv2"])
-    report = measure_remedies("demo", calibration, evaluation, calibration_used=used,
-                              cache_dir=out_root / ".cache", variants=variants)
+    diagnosis = diagnose(demo_case["int8"], demo_case["float"], demo_case["samples"],
+                         keras=demo_case["keras"], runtimes=None)
+    worst = diagnosis.worst[0]["keras_layer"]
+    report, recs = diagnose_recommendations(diagnosis, "demo", calibration, evaluation,
+                                            calibration_used=used, cache_dir=out_root / ".cache")
     names = [r.name for r in report.remedies]
     assert names == ["int16x8", "per-tensor weights", f"calibration: all {calibration.count} samples",
-                     f"calibration: other {used} samples", "float layer: conv2"]
+                     f"calibration: other {used} samples", f"float layer: {worst}"]
     assert all(r.measured is not None and r.error is None for r in report.remedies)
-    # the float-layer variant really has conv2 in float32, wrapped in DEQUANTIZE/QUANTIZE
+    # the float-layer variant really has the worst layer's op in float32, between
+    # DEQUANTIZE and QUANTIZE
     fallback = parse_model(report.remedies[-1].model)
     ops = fallback.main.operators
-    conv2 = next(op for op in ops if "conv2" in fallback.main.tensors[op.outputs[0]].name)
-    assert fallback.main.tensors[conv2.outputs[0]].dtype == "float32"
-    assert ops[conv2.index - 1].op == "DEQUANTIZE" and ops[conv2.index + 1].op == "QUANTIZE"
+    kept = next(op for op in ops if f"/{worst}_1/" in fallback.main.tensors[op.outputs[0]].name
+                and op.op not in ("QUANTIZE", "DEQUANTIZE"))
+    assert fallback.main.tensors[kept.outputs[0]].dtype == "float32"
+    assert ops[kept.index - 1].op == "DEQUANTIZE" and ops[kept.index + 1].op == "QUANTIZE"
     assert report.remedies[-1].targets == ("tflm",)
     int16 = next(r for r in report.remedies if r.name == "int16x8")
     assert int16.targets == TARGETS_INT16X8
@@ -299,10 +301,9 @@ def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, 
     # more calibration samples than 8 measurably help this model
     all_samples = next(r for r in report.remedies if r.name.startswith("calibration: all"))
     assert all_samples.gain(report.baseline)["output_snr_db"] > 3
-    recs = recommendations([{"keras_layer": "conv2", "op_index": 2, "label": "op 2", "why": "",
-                             "clipped_fraction": 0.0}], report)
     measured = [r for r in recs if r["kind"] == "measured"]
-    assert len(measured) == 5 and all(r["worst_layers"] == ["conv2"] for r in measured)
+    assert len(measured) == 5
+    assert all(r["worst_layers"] == [w["keras_layer"] for w in diagnosis.worst] for r in measured)
     gains = [r["gain"]["accuracy_points"] for r in measured]
     assert gains == sorted(gains, reverse=True)
 
