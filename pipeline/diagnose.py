@@ -58,6 +58,8 @@ TWIN_NONE = "no float twin"
 # SNR beyond float32's own precision (~150 dB) means "exact"; capped so differences stay finite
 SNR_CAP_DB = 140.0
 DEFAULT_WORST = 3
+# An op within this of its rounding limit is as good as its scale allows: not a "worst layer"
+MIN_EXCESS_DB = 0.5
 
 
 # --- float twins ------------------------------------------------------------------------------
@@ -258,11 +260,14 @@ def layer_errors(quant: TFLiteModel, float_model: TFLiteModel, quant_tensors: Te
 
 def worst_layers(errors: list[LayerError], count: int = DEFAULT_WORST) -> list[dict[str, Any]]:
     """The ops that add the most error beyond their own rounding (`excess_db`; `snr_drop_db`
-    for unquantized outputs), one per Keras layer, worst first, with the reason."""
+    for unquantized outputs), one per Keras layer, worst first, with the reason. Ops within
+    `MIN_EXCESS_DB` of their rounding limit are left out: an empty list means every op is as
+    close to float as its int8 scale allows."""
     def badness(e: LayerError) -> float:
         return e.excess_db if e.excess_db is not None else e.snr_drop_db
 
-    ranked = sorted((e for e in errors if e.snr_drop_db is not None), key=lambda e: -badness(e))
+    ranked = sorted((e for e in errors if e.snr_drop_db is not None and badness(e) > MIN_EXCESS_DB),
+                    key=lambda e: -badness(e))
     seen: set[str | None] = set()
     out = []
     for e in ranked:

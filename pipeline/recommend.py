@@ -32,6 +32,7 @@ TARGETS_INT8 = ("edgetpu", "tflm")
 TARGETS_INT16X8 = ("tflm",)
 TARGETS_FLOAT_LAYER = ("tflm",)
 BASELINE = "int8, per-channel weights"
+CLIPPING_WORTH_A_LOOK = 0.01  # share of a layer's float values outside its calibrated range
 
 
 @dataclass(frozen=True)
@@ -270,11 +271,12 @@ def recommendations(worst: list[dict[str, Any]], report: RemedyReport | None) ->
             out.append(item)
     for w in worst:
         clipped = w.get("clipped_fraction") or 0.0
-        if clipped >= 0.001:
-            out.append({"kind": "not measured", "option": f"bound the activation of `{w['keras_layer']}`",
-                        "description": f"{w['label']}: {w['why']}. An unbounded activation (ReLU, "
-                                       "linear) with a long tail wastes int8 steps; ReLU6 or a "
-                                       "clipped activation, retrained, keeps the range small",
+        if clipped >= CLIPPING_WORTH_A_LOOK:
+            out.append({"kind": "not measured", "option": f"widen the range of `{w['keras_layer']}`",
+                        "description": f"{w['label']}: {w['why']}. Calibrate on samples that reach "
+                                       "that range (measured above when more samples exist), or, "
+                                       "for an unbounded activation (ReLU, linear) with a long "
+                                       "tail, bound it (ReLU6) and retrain",
                         "targets": list(TARGETS_INT8), "worst_layers": [w["keras_layer"]]})
     return out
 
