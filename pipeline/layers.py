@@ -112,9 +112,12 @@ class OpLayer:
 # --- the Keras model's own layer list -------------------------------------------------------
 
 def read_keras_layers(path: str | Path, option: str = "--keras-model") -> KerasModelLayers:
-    """Layer paths and classes from a `.keras` file's `config.json`, without loading it."""
+    """Layer paths and classes from a `.keras` file's `config.json` (or an `.h5` file's
+    `model_config` attribute), without loading the model."""
     path = Path(path)
     fix = "pass the .keras file the model was converted from (Keras 3 `model.save('m.keras')`)"
+    if path.suffix in (".h5", ".hdf5"):
+        return keras_layers_from_config(_h5_config(path, option, fix), source=str(path))
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -130,6 +133,26 @@ def read_keras_layers(path: str | Path, option: str = "--keras-model") -> KerasM
         raise PipelineError("config.json is not valid JSON", path=path, field=option,
                             fix=fix) from None
     return keras_layers_from_config(config, source=str(path))
+
+
+def _h5_config(path: Path, option: str, fix: str) -> dict[str, Any]:
+    import h5py  # comes with Keras; deferred like every heavy import
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except FileNotFoundError:
+        raise PipelineError("no such file", path=path, field=option, fix=fix) from None
+    except OSError:
+        raise PipelineError("not an HDF5 file", path=path, field=option, fix=fix) from None
+    if raw is None:
+        raise PipelineError("the HDF5 file has no model_config: weights only, no model",
+                            path=path, field=option, fix=fix)
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PipelineError("model_config is not valid JSON", path=path, field=option,
+                            fix=fix) from None
 
 
 def keras_layers_from_config(config: dict[str, Any], source: str = "Keras config") -> KerasModelLayers:
@@ -172,6 +195,10 @@ def _inbound_layer_names(nodes: Any) -> list[str]:
     names: list[str] = []
 
     def walk(value: Any) -> None:
+        if isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and \
+                all(isinstance(v, int) for v in value[1:3]):
+            names.append(value[0])  # Keras 2 node: [layer_name, node_index, tensor_index, {}]
+            return
         if isinstance(value, dict):
             history = value.get("keras_history")
             if isinstance(history, list) and history:

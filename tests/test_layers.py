@@ -140,6 +140,13 @@ def test_bad_keras_file_is_a_clear_error(tmp_path, content, problem):
     assert err.value.field == "--keras-model"
 
 
+def test_keras_2_style_inbound_nodes_are_read():
+    config = {"class_name": "Functional", "config": {"name": "net", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "image"}, "inbound_nodes": []},
+        {"class_name": "Dense", "config": {"name": "fc"}, "inbound_nodes": [[["image", 0, 0, {}]]]}]}}
+    assert keras_layers_from_config(config).layers["fc"].inbound == ("image",)
+
+
 # --- real converter output ------------------------------------------------------------------
 
 def _live_classes(keras_path, safe_mode=True) -> dict[str, str]:
@@ -158,6 +165,18 @@ def _live_classes(keras_path, safe_mode=True) -> dict[str, str]:
 
     walk(model, "")
     return out
+
+
+def test_h5_model_gives_the_same_layers_as_keras(demo_int8, out_root, tmp_path):
+    import keras
+
+    keras_path = demo.cached_model_path(out_root / ".cache")
+    h5 = tmp_path / "demo.h5"
+    keras.models.load_model(keras_path, compile=False).save(h5)
+    assert read_keras_layers(h5).layers == read_keras_layers(keras_path).layers
+    (tmp_path / "weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(PipelineError, match="not an HDF5 file"):
+        read_keras_layers(tmp_path / "weights.h5")
 
 
 def test_every_demo_op_has_its_keras_layer(demo_int8, out_root):
