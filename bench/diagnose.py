@@ -3,7 +3,7 @@
 The diagnosis runs the int8 model in LiteRT's reference kernels and in TFLM, and the float
 model, all three keeping every tensor, then computes per-op errors and the first divergence.
 The baseline, in the same run and on the same samples, is what `verify` already does: the
-int8 model through TFLM's interpreter for its outputs only (`pipeline.tflm_runner`). Both are
+int8 model through TFLM's interpreter for its outputs only (`pipeline.runtime.tflm_runner`). Both are
 fresh processes, so both pay their imports. The ratio is the cost of looking inside.
 Goal: seconds, at most 5x the baseline.
 
@@ -29,7 +29,7 @@ DIAGNOSE = """
 import sys, numpy as np
 from pathlib import Path
 from pipeline.data import SampleSet
-from pipeline.diagnose import diagnose
+from pipeline.stages.diagnose import diagnose
 from pipeline.tflite_model import read_model
 d = Path(sys.argv[1]); x = np.load(sys.argv[2])
 name = read_model(d / "model_float.tflite").input_names()[0]
@@ -41,10 +41,10 @@ assert len(r.layers) == 65
 BASELINE = """
 import sys, numpy as np
 from pathlib import Path
-from pipeline.diagnose import model_inputs
+from pipeline.stages.diagnose import model_inputs
 from pipeline.data import SampleSet
 from pipeline.tflite_model import read_model
-from pipeline.tflm_runner import run_tflm
+from pipeline.runtime.tflm_runner import run_tflm
 d = Path(sys.argv[1]); x = np.load(sys.argv[2])
 m = read_model(d / "model_int8.tflite")
 run_tflm(d / "model_int8.tflite", model_inputs(m, SampleSet({m.input_names()[0]: x}, None, "bench")))
@@ -59,7 +59,7 @@ def main() -> None:
     import diagnosis_models
     import numpy as np
 
-    from pipeline.quantize import QuantizeRequest, quantize
+    from pipeline.stages.quantize import QuantizeRequest, quantize
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

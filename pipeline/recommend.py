@@ -8,7 +8,7 @@ run on TFLite Micro only (the Edge TPU has no int16 kernels); a layer kept in fl
 TFLite Micro's float kernels (the Edge TPU compiler would leave that op, and what depends on
 it, to the CPU); per-tensor weights and other calibration samples keep both.
 
-The converter call mirrors `pipeline.quantize._convert` and adds what it lacks: the
+The converter call mirrors `pipeline.stages.quantize._convert` and adds what it lacks: the
 `_experimental_disable_per_channel` switch, and for a float layer the converter's own two
 steps run apart (`_experimental_calibrate_only`, then `mlir_quantize` with `denylisted_nodes`,
 the op output names that stay float: what `QuantizationDebugger` uses for selective
@@ -149,8 +149,8 @@ def measure_remedies(model: str, calibration: SampleSet, evaluation: SampleSet, 
                      cache_dir: Path = Path("build/.cache")) -> RemedyReport:
     """Convert the baseline and every variant from `model` (a .keras/.h5/SavedModel path or
     `demo`) and measure each on `evaluation`."""
-    from .quantize import _export_fixed_batch, resolve_model_source
-    from .tf_runtime import import_tensorflow
+    from .stages.quantize import _export_fixed_batch, resolve_model_source
+    from .runtime.tf import import_tensorflow
 
     used = min(calibration_used or calibration.count, calibration.count)
     baseline_calibration = _slice(calibration, 0, used)
@@ -185,9 +185,9 @@ def measure_remedies(model: str, calibration: SampleSet, evaluation: SampleSet, 
 def convert_variant(tf, saved: Path, mode: str, *, io_type: str | None = None,
                     calibration: SampleSet | None = None, per_channel: bool = True,
                     float_nodes: tuple[str, ...] = ()) -> bytes:
-    """The TF converter as `pipeline.quantize._convert` calls it, plus the per-channel switch
+    """The TF converter as `pipeline.stages.quantize._convert` calls it, plus the per-channel switch
     and, for int8, ops to keep in float (by output tensor name)."""
-    from .tf_runtime import captured_stderr
+    from .runtime.tf import captured_stderr
 
     if float_nodes and mode != "int8":
         raise PipelineError(f"float layers need --mode int8, not {mode}", field="float_nodes",
@@ -225,7 +225,7 @@ def convert_variant(tf, saved: Path, mode: str, *, io_type: str | None = None,
 
 
 def _run(data: bytes, samples: SampleSet) -> np.ndarray:
-    from .litert import LiteRTModel
+    from .runtime.litert import LiteRTModel
 
     return LiteRTModel(data, "variant", delegates=False).run(samples)[0].reshape(samples.count, -1)
 
@@ -286,7 +286,7 @@ def diagnose_recommendations(diagnosis, model: str, calibration: SampleSet, eval
                              io_type: str = "int8", cache_dir: Path = Path("build/.cache"),
                              ) -> tuple[RemedyReport, list[dict[str, Any]]]:
     """The default variants plus keeping each of the `float_layers` worst layers of a
-    `pipeline.diagnose.Diagnosis` in float, measured; and the report's `recommendations`."""
+    `pipeline.stages.diagnose.Diagnosis` in float, measured; and the report's `recommendations`."""
     from .tflite_model import read_model
 
     quant = read_model(diagnosis.quantized_model)

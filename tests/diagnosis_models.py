@@ -84,7 +84,7 @@ def converted_layer_norm(out_root: Path):
     if key not in _BUILT:
         from pipeline.data import SampleSet
         from pipeline.recommend import convert_variant
-        from pipeline.tf_runtime import import_tensorflow
+        from pipeline.runtime.tf import import_tensorflow
 
         tf = import_tensorflow()
         import keras

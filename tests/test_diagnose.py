@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import demo
 from pipeline.data import SampleSet
-from pipeline.diagnose import (
+from pipeline.stages.diagnose import (
     TWIN_BY_NAME,
     TWIN_BY_ORDER,
     TWIN_BY_VALUE,
@@ -23,7 +23,7 @@ from pipeline.diagnose import (
 from pipeline.errors import PipelineError
 from pipeline.model import TensorSpec
 from pipeline.recommend import TARGETS_INT16X8, diagnose_recommendations
-from pipeline.tensor_capture import capture_tensors, op_outputs
+from pipeline.runtime.tensor_capture import capture_tensors, op_outputs
 from pipeline.tflite_model import parse_model, read_model
 
 DEMO_SAMPLES = 24
@@ -265,7 +265,7 @@ def test_float_model_of_another_export_is_a_clear_error(demo_case, out_root):
 # --- recommendations ---------------------------------------------------------------------------
 
 def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, run_quantize):
-    from pipeline.litert import LiteRTModel
+    from pipeline.runtime.litert import LiteRTModel
 
     specs = _specs(read_model(demo_case["float"]))
     calibration = demo.split_samples("calibration", specs)

@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from .data import SampleSet
-from .errors import PipelineError
-from .layers import KerasModelLayers, OpLayer, map_layers
-from .tensor_capture import RUNTIMES, TensorValues, capture_tensors, op_outputs
-from .tflite_model import Tensor, TFLiteModel, read_model
+from ..data import SampleSet
+from ..errors import PipelineError
+from ..layers import KerasModelLayers, OpLayer, map_layers
+from ..runtime.tensor_capture import RUNTIMES, TensorValues, capture_tensors, op_outputs
+from ..tflite_model import Tensor, TFLiteModel, read_model
 
 VALUE_PRESERVING_OPS = {"QUANTIZE", "DEQUANTIZE"}
 TWIN_BY_NAME = "tensor name"
@@ -380,7 +380,7 @@ def first_divergence(a: dict[int, np.ndarray], b: dict[int, np.ndarray], model: 
 def _kernel(op, names: tuple[str, str]) -> dict[str, Any]:
     kernel: dict[str, Any] = {"op": op.op, "version": op.version}
     try:
-        from .check.tflm import table
+        from ..rules.tflm import table
 
         kernel["tflm_resolver_method"] = table()["ops"].get(op.op, {}).get("method")
     except (ImportError, KeyError, OSError):  # the check package is being moved; optional
@@ -394,7 +394,7 @@ def _kernel(op, names: tuple[str, str]) -> dict[str, Any]:
 def model_inputs(model: TFLiteModel, samples: SampleSet) -> list[np.ndarray]:
     """Samples (real values) as each model input takes them: quantized with the input's own
     scale and zero point for integer inputs (int8, uint8, int16 alike)."""
-    from .litert import quantize_array
+    from ..runtime.litert import quantize_array
 
     out = []
     for name, t in zip(model.input_names(), model.main.input_tensors()):
@@ -476,7 +476,7 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
     the first divergence between `runtimes` (None: skip) on the same samples."""
     quant = read_model(quant_path)
     if isinstance(keras, (str, Path)):
-        from .layers import read_keras_layers
+        from ..layers import read_keras_layers
 
         keras = read_keras_layers(keras)
     layers = map_layers(quant, keras)

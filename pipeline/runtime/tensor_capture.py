@@ -10,7 +10,7 @@ Each runtime runs in a worker process: TFLM aborts on bad models, and so does Li
 reference resolver (its int8 SOFTMAX Prepare aborts when the input scale is below ~1.5e-8, as
 on an untrained MobileNetV2), and an abort must not take the pipeline with it.
 
-Worker protocol: `python -m pipeline.tensor_capture RUNTIME MODEL IN.npz OUT.npz ARENA`; IN holds
+Worker protocol: `python -m pipeline.runtime.tensor_capture RUNTIME MODEL IN.npz OUT.npz ARENA`; IN holds
 `input_<i>` arrays (N, ...) in the model's input dtypes, OUT gets `t<index>` arrays (N, ...) for
 the graph inputs and every op output, and `seconds` (per invoke).
 """
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PipelineError
-from .tflite_model import TFLiteModel, read_model
+from .. import PROJECT_DIR
+from ..errors import PipelineError
+from ..tflite_model import TFLiteModel, read_model
 
 # runtime name -> what it runs; LiteRT names map to its OpResolverType
 RUNTIMES = {
@@ -68,16 +69,17 @@ def capture_tensors(model_path: Path, inputs: list[np.ndarray], runtime: str,
     with tempfile.TemporaryDirectory(prefix="capture-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
-        cmd = [sys.executable, "-m", "pipeline.tensor_capture", runtime, str(model_path),
+        cmd = [sys.executable, "-m", "pipeline.runtime.tensor_capture", runtime, str(model_path),
                str(src), str(dst), str(arena)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S,
-                                  cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL)
+                                  cwd=PROJECT_DIR, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise PipelineError(f"{runtime} did not finish within {_TIMEOUT_S} s", path=model_path,
                                 field=runtime) from None
         if proc.returncode != 0 or not dst.is_file():
-            from .check.tflm import explain_tflm_error, signal_name
+            from .process import signal_name
+            from .tflm_runner import explain_tflm_error
 
             raise PipelineError(f"{RUNTIMES[runtime]} failed ({signal_name(proc.returncode)}): "
                                 f"{explain_tflm_error(proc.stderr)}", path=model_path, field=runtime,
