@@ -428,7 +428,7 @@ class FakeDevice:
     on_run(frame) -> bytes | None | "unplug": the reply to a RUN, nothing, or pull the cable."""
 
     def __init__(self, model: bytes | None, on_run=None, info: dict | None = None, answer: bool = True):
-        from pipeline.hil import (
+        from pipeline.runtime.device import (
             FrameParser,  # the protocol's own framing: this is the device side
         )
 
@@ -450,7 +450,7 @@ class FakeDevice:
     def _serve(self) -> None:
         import select
 
-        from pipeline.hil import INFO, INFO_OK, RUN, FrameError, encode
+        from pipeline.runtime.device import INFO, INFO_OK, RUN, FrameError, encode
 
         while not self.stop.is_set() and not self.unplugged:
             ready, _, _ = select.select([self.master], [], [], 0.05)
@@ -491,7 +491,7 @@ class FakeDevice:
 
 
 def run_ok_reply(frame, payload: bytes) -> bytes:
-    from pipeline.hil import RUN_OK, encode
+    from pipeline.runtime.device import RUN_OK, encode
 
     return encode(RUN_OK, frame.seq, struct.pack("<II", 0, 1) + payload)
 
