@@ -14,12 +14,28 @@ from invoke import Collection, Exit, Program, task
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
+from pipeline.settings import invoke_defaults
 
-# Defaults of every setting a team may want to commit once: overridable in invoke.yaml
-# (pipeline: {target: tflm, board: ...}) and by INVOKE_PIPELINE_<KEY> environment variables.
-DEFAULTS = {"model": "demo", "out": "build", "samples": 200, "data": None, "eval_data": None,
-            "io_type": None, "name": None, "target": "all", "board": None, "compiler": None,
-            "port": None, "baud": 115200}
+
+def _invoked_from_the_command_line() -> bool:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name in ("invoke", "inv") or sys.argv[0].endswith(f"invoke{os.sep}__main__.py")
+
+
+def _check_configuration(argv: list[str], project_dir: Path | None = None) -> None:
+    """invoke.yaml, a -f file and INVOKE_PIPELINE_* are input like any other: a malformed one is
+    one clear line and exit 2, before Invoke's own loader would end in a traceback."""
+    from pipeline.settings import check_cli
+
+    try:
+        check_cli(argv, Path.cwd(), project_dir)
+    except PipelineError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        raise SystemExit(2) from None
+
+
+if _invoked_from_the_command_line():
+    _check_configuration(sys.argv[1:])
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -32,10 +48,15 @@ def _setup_logging(verbose: bool) -> None:
 
 def _setting(c, key: str, value):
     """A task option, else the collection's configuration (invoke.yaml, INVOKE_PIPELINE_*), else
-    the built-in default."""
+    the built-in default (pipeline/settings.py holds the table)."""
+    from pipeline import settings
+
     if value is not None:
         return value
-    return c.config.get("pipeline", {}).get(key, DEFAULTS[key])
+    configured = c.config.get("pipeline", {}).get(key)
+    source = f"pipeline.{key} (invoke.yaml) or {settings.ENV_PREFIX}_{key.upper()}"
+    parsed = _run(settings.value, key, configured, source)
+    return settings.default(key) if parsed is None else parsed
 
 
 def _path(value) -> Path:
@@ -45,19 +66,31 @@ def _path(value) -> Path:
 
 
 def _int_option(value, option: str) -> int:
+    """A whole number within the option's range (pipeline/settings.py OPTION_RANGES)."""
+    from pipeline.settings import in_range
+
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         raise Exit(f"error: {option}: expected a whole number, got '{value}'", code=2) from None
+    if problem := in_range(option, number):
+        raise Exit(f"error: {option}: {problem}", code=2)
+    return number
 
 
 def _float_option(value, option: str, default: float) -> float:
+    """A finite number within the option's range; `default` when the option is not given."""
+    from pipeline.settings import in_range
+
     if value is None:
         return default
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise Exit(f"error: {option}: expected a number, got '{value}'", code=2) from None
+    if problem := in_range(option, number):
+        raise Exit(f"error: {option}: {problem}", code=2)
+    return number
 
 
 def _run(fn, *args, **kwargs):
@@ -196,7 +229,7 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
                              enable_multiple_subgraphs=enable_multiple_subgraphs,
                              search_delegate=search_delegate, **ints)
     path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
-    wall = _int_option(timeout, "--timeout") if timeout is not None else DEFAULT_WALL_TIMEOUT_S
+    wall = _float_option(timeout, "--timeout", DEFAULT_WALL_TIMEOUT_S)
     request = DeployRequest(compiler=compiler, compile_options=options, compile_timeout_s=wall,
                             require_compiler=require)
     result = _run(run_stage, "compile", job_for_model(path, request))
@@ -311,9 +344,9 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
 
     _setup_logging(False)
     path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
-    request = DeployRequest(port=port, baud=_int_option(baud, "--baud") if baud else 115200, data=data,
-                            vectors=_int_option(vectors, "--vectors") if vectors else 4,
-                            tolerance=_int_option(tolerance, "--tolerance") if tolerance else 0,
+    request = DeployRequest(port=port, baud=_int_option(baud, "--baud") if baud is not None else 115200, data=data,
+                            vectors=_int_option(vectors, "--vectors") if vectors is not None else 4,
+                            tolerance=_int_option(tolerance, "--tolerance") if tolerance is not None else 0,
                             hil_timeout_s=_float_option(timeout, "--timeout", 5.0),
                             hil_retries=_int_option(retries, "--retries") if retries is not None else 2)
     result = _run(run_stage, "hil", job_for_model(path, request))
@@ -361,7 +394,8 @@ def boards(c):
 
 
 ns = Collection(quantize, check, compile, firmware, verify, hil, emulate, boards, deploy)
-ns.configure({"pipeline": dict(DEFAULTS)})
+# Invoke's defaults are all None: it takes a variable's string as it is, and _setting parses it
+ns.configure({"pipeline": invoke_defaults()})
 
 
 class ProjectProgram(Program):
@@ -375,6 +409,7 @@ class ProjectProgram(Program):
         super().run(argv, exit)
 
     def update_config(self, merge: bool = True) -> None:
+        _check_configuration(sys.argv[1:], project_dir=Path.cwd())
         self.config.set_project_location(os.getcwd())
         self.config.load_project(merge=False)
         super().update_config(merge)

@@ -24,10 +24,17 @@ def c_ident(name: str) -> str:
     return ident
 
 
+def _text(value) -> str:
+    """`value` as valid Unicode: a file name that is not UTF-8 arrives with surrogate escapes
+    (os.fsdecode); those become U+FFFD instead of failing when the output is encoded."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def c_string(text: str) -> Markup:
-    """Escape for the inside of a C string literal (octal escapes: no hex run-on)."""
+    """Escape for the inside of a C string literal (octal escapes: no hex run-on). Bytes that are
+    not UTF-8 keep their exact value."""
     out = []
-    for ch in str(text).encode("utf-8"):
+    for ch in str(text).encode("utf-8", "surrogateescape"):
         c = chr(ch)
         if c in '"\\':
             out.append("\\" + c)
@@ -42,7 +49,7 @@ def comment_text(text: str) -> Markup:
     """Text for one line of a `//`, `/* */` or `#` comment: no line breaks (they would end the
     comment: the rest of a file name would become code), no backslash (it splices the next
     line into a `//` comment), no `*/`."""
-    cleaned = "".join("_" if _is_break(ch) else "/" if ch == "\\" else ch for ch in str(text))
+    cleaned = "".join("_" if _is_break(ch) else "/" if ch == "\\" else ch for ch in _text(text))
     return Markup(cleaned.replace("*/", "*_/").replace("??", "?_?"))
 
 
@@ -50,7 +57,7 @@ def cmake_string(text: str) -> Markup:
     """Escape for the inside of a quoted CMake argument: no variable references, list
     separators or quotes from the data, one line."""
     out = []
-    for ch in str(text):
+    for ch in _text(text):
         if ch in '\\"$;@':
             out.append("\\" + ch)
         elif _is_break(ch):
@@ -70,20 +77,31 @@ def c_float(value) -> Markup:
     return Markup(f"{value!r}f")
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\<>[]|"})
+_MD_SPECIAL = str.maketrans({"\\": "\\\\", "[": "\\[", "]": "\\]", "|": "\\|",
+                             "&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_HTML_CODE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"})
+
+
+def _one_line(value) -> str:
+    return "".join(" " if _is_break(ch) else ch for ch in _text(value))
 
 
 def md_text(value) -> Markup:
-    """Plain text in Markdown (prose or a table cell): no raw HTML, links or images, no cell
-    or line breaks from the data. Backticks stay: a code span cannot break out of its cell."""
-    text = "".join(" " if _is_break(ch) else ch for ch in str(value))
-    return Markup(text.translate(_MD_SPECIAL))
+    """Plain text in Markdown (prose or a table cell): no raw HTML (entities), no links or
+    images, no cell or line breaks from the data. Backticks stay: a code span cannot break out
+    of its cell."""
+    return Markup(_one_line(value).translate(_MD_SPECIAL))
 
 
 def md_code(value) -> Markup:
-    """`value` as one inline code span, whatever backticks it holds (CommonMark: fence with a
-    longer run of backticks); `|` still escaped, as GFM tables split cells before code spans."""
-    text = "".join(" " if _is_break(ch) else ch for ch in str(value)).replace("|", "\\|")
+    """`value` as one inline code span, whatever it holds: fenced with a longer run of backticks
+    than it contains (CommonMark), `|` escaped (GFM tables split cells before code spans). Text
+    with `<`, `>` or `&` becomes an HTML <code> element with entities instead, so no renderer
+    (or reader grepping the file) ever meets a raw tag."""
+    text = _one_line(value)
+    if any(c in text for c in "<>&"):
+        return Markup(f"<code>{text.translate(_HTML_CODE)}</code>")
+    text = text.replace("|", "\\|")
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.strip()) else ""

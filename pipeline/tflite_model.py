@@ -221,17 +221,21 @@ class TFLiteModel:
         return list(seen)
 
 
-def read_model(path: str | Path) -> TFLiteModel:
+# The largest model the pipeline reads: the flatbuffer format stops at 2 GiB, and the largest
+# Edge TPU or MCU model is tens of MB; a bigger file is refused before it is read into memory.
+MAX_MODEL_BYTES = 512 << 20
+
+
+def read_model(path: str | Path, *, option: str = "--model") -> TFLiteModel:
+    from .fileio import checked_input
+
     path = Path(path)
+    fix = "check the path, or run `invoke quantize` to make it"
+    checked_input(path, option=option, max_bytes=MAX_MODEL_BYTES, kind=".tflite model", error=ModelFormatError, fix=fix)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelFormatError("no such file", path=path,
-                               fix="check the path, or run `invoke quantize` to make it") from None
-    except IsADirectoryError:
-        raise ModelFormatError("is a directory, not a .tflite file", path=path) from None
     except OSError as exc:
-        raise ModelFormatError(f"cannot read: {exc.strerror}", path=path) from None
+        raise ModelFormatError(f"cannot read: {exc.strerror}", path=path, field=option) from None
     return parse_model(data, source=str(path))
 
 

@@ -14,8 +14,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,14 +334,12 @@ def find_compiler(explicit: str | None = None) -> Path | None:
     return Path(found) if found else None
 
 
-def compiler_version(path: Path) -> str:
-    try:
-        proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PipelineError(f"cannot run `--version`: {exc}", path=path, field="--compiler",
-                            fix=INSTALL_HINT) from None
-    m = re.search(r"Edge TPU Compiler version (\S+)", proc.stdout + proc.stderr)
+VERSION_TIMEOUT_S = 30
+
+
+def compiler_version(path: Path, timeout_s: float = VERSION_TIMEOUT_S) -> str:
+    text = _run(path, ["--version"], min(timeout_s, VERSION_TIMEOUT_S), what="`--version`")[0]
+    m = re.search(r"Edge TPU Compiler version (\S+)", text)
     if not m:
         raise PipelineError("does not print 'Edge TPU Compiler version' for --version: not edgetpu_compiler?",
                             path=path, field="--compiler", fix=INSTALL_HINT)
@@ -386,7 +382,7 @@ def compile_edgetpu(model_path: Path, *, compiler: str | None = None, options: C
             raise PipelineError(f"{COMPILER_NAME} not found", field="--require", fix=INSTALL_HINT)
         return CompileResult(compiled=False, message=message, device=edgetpu_device_status())
     ensure_replaceable(out_dir, option="edgetpu/", legacy=legacy_edgetpu_files)  # before the tool runs
-    version = compiler_version(exe)
+    version = compiler_version(exe, wall_timeout_s)
     with replacing_owned_dir(out_dir, f"{TOOL_NAME} {__version__}", option="edgetpu/",
                              legacy=legacy_edgetpu_files) as staging:
         text, code = _run(exe, options.arguments(staging) + [str(model_path.resolve())], wall_timeout_s)
@@ -423,22 +419,21 @@ def legacy_edgetpu_files(folder: Path) -> set[str] | None:
         f.name in ("compile.json", "compiler_stdout.txt") or f.name.endswith(("_edgetpu.tflite", "_edgetpu.log")))}
 
 
-def _run(exe: Path, args: list[str], wall_timeout_s: float) -> tuple[str, int]:
+def _run(exe: Path, args: list[str], wall_timeout_s: float, what: str = COMPILER_NAME) -> tuple[str, int]:
+    from ..runtime.process import ToolFlood, ToolTimeout, run_tool
+
     try:
-        proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return run_tool([str(exe), *args], wall_timeout_s)
     except OSError as exc:
-        raise PipelineError(f"cannot start: {exc.strerror}", path=exe, field="--compiler",
+        raise PipelineError(f"cannot start {what}: {exc.strerror or exc}", path=exe, field="--compiler",
                             fix=INSTALL_HINT) from None
-    try:
-        raw, _ = proc.communicate(timeout=wall_timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise PipelineError(f"{COMPILER_NAME} did not finish within {wall_timeout_s:g} s and was stopped",
+    except ToolTimeout:
+        raise PipelineError(f"{what} did not finish within {wall_timeout_s:g} s and was stopped",
                             path=exe, field="--timeout",
                             fix="raise --timeout, or pass --search-delegate to give up on hard segments") from None
-    return raw.decode("utf-8", "replace"), proc.returncode
+    except ToolFlood:
+        raise PipelineError(f"{what} printed more than 64 MiB and was stopped: not edgetpu_compiler, or broken",
+                            path=exe, field="--compiler", fix=INSTALL_HINT) from None
 
 
 def _check_run(result: CompileResult, parsed: CompilerOutput, code: int, text: str) -> None:
@@ -453,9 +448,9 @@ def _check_run(result: CompileResult, parsed: CompilerOutput, code: int, text: s
         raise error(f"{COMPILER_NAME} failed: {f.line} ({f.kind.cause})", field="compile", fix=f.kind.fix)
     if not parsed.succeeded:
         raise PipelineError(f"{COMPILER_NAME} exited {code} without a result; unrecognised output: "
-                            f"{_last_line(text)}", field="compile", fix="run it by hand to see why")
+                            f"{_last_line(text)}", field="--compiler", fix="run it by hand to see why")
     if code != 0:
-        raise PipelineError(f"{COMPILER_NAME} exited {code} after printing a result", field="compile",
+        raise PipelineError(f"{COMPILER_NAME} exited {code} after printing a result", field="--compiler",
                             fix="run it by hand to see why")
 
 
