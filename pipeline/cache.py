@@ -9,7 +9,6 @@ no longer matches, and the next run redoes the stage.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_hash(spec: str | Path | None) -> str | None:
-    """A file's or a directory tree's content; for `module:function`, the module's source."""
+class _NotCacheable:
+    """What a `module:function` data spec hashes to: the function's output is whatever it
+    computes this time (it may read files or other modules), so a stage that depends on it is
+    never skipped."""
+
+    def __repr__(self) -> str:
+        return "NOT_CACHEABLE"
+
+
+NOT_CACHEABLE = _NotCacheable()
+
+
+def content_hash(spec: str | Path | None):
+    """A file's or a directory tree's content; NOT_CACHEABLE for `module:function`."""
     if spec is None:
         return None
     path = Path(spec)
@@ -41,19 +52,29 @@ def content_hash(spec: str | Path | None) -> str | None:
             h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f).encode())
         return h.hexdigest()
     if ":" in str(spec):
-        module = str(spec).partition(":")[0]
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            found = None
-        if found and found.origin and Path(found.origin).is_file():
-            return f"{spec}:{file_digest(Path(found.origin))}"
-    return f"unhashable:{spec}"
+        return NOT_CACHEABLE
+    return f"missing:{spec}"
 
 
-def stage_key(stage: str, inputs: dict[str, Any]) -> str:
+def _contains(value, marker) -> bool:
+    if value is marker:
+        return True
+    if isinstance(value, dict):
+        return any(_contains(v, marker) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_contains(v, marker) for v in value)
+    return False
+
+
+def stage_key(stage: str, inputs: dict[str, Any]) -> str | None:
+    """The key of a stage's inputs, or None when one of them cannot be hashed (not cached)."""
+    if _contains(inputs, NOT_CACHEABLE):
+        return None
     blob = json.dumps({"stage": stage, "pipeline": __version__, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+MAX_RECORD_BYTES = 64 << 20
 
 
 def _record_path(out_dir: Path, stage: str) -> Path:
@@ -64,20 +85,32 @@ def _outputs_digest(out_dir: Path, outputs) -> dict[str, str | None]:
     return {rel: content_hash(out_dir / rel) for rel in outputs}
 
 
-def up_to_date(out_dir: Path, stage: str, key: str) -> dict[str, Any] | None:
-    """The record of a stage whose key matches and whose outputs are as it left them."""
+def _result_digest(result: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
+
+
+def up_to_date(out_dir: Path, stage: str, key: str, outputs) -> dict[str, Any] | None:
+    """The record of a stage whose key matches, whose declared `outputs` are as it left them,
+    and whose result is the one it wrote (a record edited or damaged by hand is stale)."""
+    from .fileio import read_small_text
+
+    text = read_small_text(_record_path(out_dir, stage), MAX_RECORD_BYTES)
+    if text is None:
+        return None
     try:
-        record = json.loads(_record_path(out_dir, stage).read_text())
-    except (OSError, ValueError):
+        record = json.loads(text)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or record.get("key") != key:
         return None
-    outputs = record.get("outputs")
-    if not isinstance(outputs, dict) or _outputs_digest(out_dir, list(outputs)) != outputs:
+    result = record.get("result")
+    if not isinstance(result, dict) or record.get("result_sha256") != _result_digest(result):
+        return None
+    if record.get("outputs") != _outputs_digest(out_dir, outputs):
         return None  # an output was changed or removed by hand
-    return record if isinstance(record.get("result"), dict) else None
+    return record
 
 
 def write_record(out_dir: Path, stage: str, key: str, outputs, result: dict[str, Any]) -> None:
     write_json_atomic(_record_path(out_dir, stage), {"key": key, "outputs": _outputs_digest(out_dir, outputs),
-                                                     "result": result})
+                                                     "result": result, "result_sha256": _result_digest(result)})

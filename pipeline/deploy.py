@@ -107,13 +107,15 @@ def _run_cached(stage: Stage, job: Job) -> StageRun:
     inputs = stage.cache_key(job) if stage.cache_key else None
     key = stage_key(stage.name, inputs) if inputs is not None else None
     if key is not None and not job.request.force:
-        record = up_to_date(job.out_dir, stage.name, key)
+        record = up_to_date(job.out_dir, stage.name, key, stage.outputs(job))
         if record is not None:
             return StageRun(stage.name, "skipped", time.perf_counter() - start, "inputs unchanged", record["result"])
     result = stage.run(job).to_json()
     if key is not None:
         write_record(job.out_dir, stage.name, key, stage.outputs(job), result)
     status, note = stage.status(job, result) or ("ran", "")
+    if inputs is not None and key is None and not note:
+        note = "not cached: a module:function's samples cannot be hashed"
     return StageRun(stage.name, status, time.perf_counter() - start, note, result)
 
 

@@ -37,16 +37,16 @@ def check_writable(path: Path, *, option: str = "--out") -> Path:
     """Prove `path` can be written before any expensive work starts, leaving nothing behind:
     directories made for the probe are removed again, so a run that fails later leaves no trace."""
     created = []
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        created.append(probe)
-        probe = probe.parent
     try:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            created.append(probe)
+            probe = probe.parent
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
     except OSError as exc:
-        raise PipelineError(f"cannot write the output directory: {exc.strerror or exc}",
+        raise PipelineError(f"cannot write the output directory: {output_error(exc, path).problem[len('cannot write: '):]}",
                             path=path, field=option,
                             fix=f"choose a writable directory with {option}") from None
     finally:
@@ -85,6 +85,25 @@ def checked_input(path: Path, *, option: str, max_bytes: int, kind: str = "file"
     return info.st_size
 
 
+def read_small_text(path: Path, max_bytes: int) -> str | None:
+    """A file the tool wrote earlier (a record, a report), or None when it is missing, is not a
+    regular file (a FIFO would block), is too large or cannot be read: the caller treats it as
+    absent and writes it anew."""
+    import stat as stat_module
+
+    try:
+        info = path.stat()
+        if not stat_module.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            log.warning("ignoring %s: not a regular file of at most %d bytes", path, max_bytes)
+            return None
+        return path.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("ignoring unreadable %s (%s)", path, exc.strerror or exc)
+        return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -97,16 +116,45 @@ def public_mode(path: Path) -> Path:
     return path
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def output_error(exc: OSError, path: Path, option: str = "--out") -> PipelineError:
+    """A failed write as the user's problem to fix (a full disk, a read-only or foreign folder),
+    naming the folder, instead of a traceback."""
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENAMETOOLONG: "the name is too long for the file system",
+               errno.EISDIR: "a folder stands where a file is written", errno.ENOTDIR: "a file stands where a folder is",
+               errno.EFBIG: "the file is too large for the file system (or a file-size limit)"}
+    reason = reasons.get(exc.errno, exc.strerror or str(exc))
+    return PipelineError(f"cannot write: {reason}", path=exc.filename or path, field=option,
+                         fix=f"free space, or choose a writable folder with {option}")
+
+
+@contextlib.contextmanager
+def os_errors(path: Path, option: str = "--out") -> Iterator[None]:
+    """File-system failures inside the block (a full disk, a read-only folder, a name too long,
+    a folder where a file should be) become one clear error naming the path."""
     try:
+        yield
+    except OSError as exc:
+        raise output_error(exc, path, option) from None
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         public_mode(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise output_error(exc, path) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -136,12 +184,9 @@ def staging_dir(final: Path) -> Path:
     """A hidden sibling of `final` to write the new folder into; its name carries our pid so a
     concurrent run's recovery leaves it alone while we live."""
     parent = final.parent
-    try:
+    with os_errors(final):
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{final.name}.{_STAGING}-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise PipelineError(f"cannot create the output directory: {exc.strerror or exc}", path=final,
-                            field="--out", fix="choose a writable directory") from None
 
 
 def write_manifest(folder: Path, generator: str) -> None:
@@ -194,6 +239,11 @@ def ensure_replaceable(final: Path, *, option: str = "--out",
                        legacy: Callable[[Path], set[str] | None] | None = None) -> None:
     """Refuse, before any work, a destination the tool may not replace: a file, a symlink, or a
     non-empty folder it did not make."""
+    with os_errors(final, option):
+        _ensure_replaceable(final, option, legacy)
+
+
+def _ensure_replaceable(final: Path, option: str, legacy) -> None:
     recover_interrupted(final, legacy)
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise PipelineError("exists and is not a folder: it would be replaced", path=final, field=option,
@@ -238,9 +288,10 @@ def replacing_owned_dir(final: Path, generator: str, *, option: str = "--out",
     gets its manifest and replaces `final`, otherwise it is removed and `final` is untouched."""
     staging = staging_dir(final)
     try:
-        yield staging
-        write_manifest(staging, generator)
-        replace_owned_dir(staging, final, option=option, legacy=legacy)
+        with os_errors(final, option):
+            yield staging
+            write_manifest(staging, generator)
+            replace_owned_dir(staging, final, option=option, legacy=legacy)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -362,9 +413,10 @@ def is_pipeline_output(folder: Path) -> bool:
     (folders from before the marker). A user's folder beside their model is never written to."""
     if (folder / OUTPUT_MARKER).is_file():
         return True
+    text = read_small_text(folder / REPORT_JSON, 64 << 20)
     try:
-        report = json.loads((folder / REPORT_JSON).read_text())
-    except (OSError, ValueError):
+        report = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
         return False
     return isinstance(report, dict) and str(report.get("generated_by", "")).startswith(TOOL_NAME)
 
@@ -372,6 +424,11 @@ def is_pipeline_output(folder: Path) -> bool:
 def check_output_folder(folder: Path, option: str = "--out") -> Path:
     """Refuse, before any work, an output folder that exists, holds files and is not the
     tool's: its model_*.tflite and report files would be overwritten."""
+    with os_errors(folder, option):
+        return _check_output_folder(folder, option)
+
+
+def _check_output_folder(folder: Path, option: str) -> Path:
     if folder.is_dir() and not folder.is_symlink() and any(folder.iterdir()) and not is_pipeline_output(folder):
         raise PipelineError(f"exists, holds files and was not made by {TOOL_NAME} (no {OUTPUT_MARKER} or "
                             f"{REPORT_JSON} of ours): its files would be overwritten", path=folder, field=option,
@@ -383,7 +440,8 @@ def check_output_folder(folder: Path, option: str = "--out") -> Path:
 
 
 def mark_output_folder(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    with os_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     if not (folder / OUTPUT_MARKER).is_file():
         write_text_atomic(folder / OUTPUT_MARKER, f"generated by {TOOL_NAME}: this folder holds its outputs and is "
                                                   "rewritten by it\n")

@@ -33,16 +33,29 @@ def _report_md_is_ours(path: Path) -> bool:
         return False
 
 
+MAX_REPORT_BYTES = 64 << 20
+
+
 def read_report(out_dir: Path) -> dict[str, Any]:
+    """The report as it is, or {} when it is missing, unreadable, not JSON or not an object (it
+    is then rewritten); sections that are not objects are dropped."""
+    from .fileio import read_small_text
+
     path = out_dir / REPORT_JSON
+    text = read_small_text(path, MAX_REPORT_BYTES)
+    if text is None:
+        return {}
     try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
+        report = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        log.warning("ignoring unreadable %s (%s): it will be rewritten", path, str(exc)[:80])
         return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s (%s): it will be rewritten", path, exc)
+    if not isinstance(report, dict):
         return {}
-    return report if isinstance(report, dict) else {}
+    kept = {k: v for k, v in report.items() if k in ("model", "generated_by") or isinstance(v, dict)}
+    for dropped in sorted(set(report) - set(kept)):
+        log.warning("ignoring section %r of %s: not an object", dropped, path)
+    return kept
 
 
 def write_report(out_dir: Path, name: str, sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -51,16 +64,39 @@ def write_report(out_dir: Path, name: str, sections: dict[str, dict[str, Any]]) 
     report = read_report(out_dir)
     report.update({"model": name, "generated_by": f"{TOOL_NAME} {__version__}"})
     report.update(sections)
-    if "deploy" in report and (report.get("check") or {}).get("edgetpu"):
-        write_text_atomic(out_dir / PARTITION_SVG, render("edgetpu_partition.svg.j2",
-                                                          ops=report["check"]["edgetpu"]["ops"], name=name))
+    markdown, svg = _render_dropping_malformed(report, name, keep=set(sections))
+    if svg is not None:
+        write_text_atomic(out_dir / PARTITION_SVG, svg)
     write_json_atomic(out_dir / REPORT_JSON, report)
     if _report_md_is_ours(out_dir / REPORT_MD):
-        write_text_atomic(out_dir / REPORT_MD, render("report.md.j2", report=report))
+        write_text_atomic(out_dir / REPORT_MD, markdown)
     else:
         log.warning("%s was not written by %s: left as it is (the report is in %s)",
                     out_dir / REPORT_MD, TOOL_NAME, REPORT_JSON)
     return report
+
+
+def _render(report: dict[str, Any], name: str) -> tuple[str, str | None]:
+    svg = None
+    if "deploy" in report and (report.get("check") or {}).get("edgetpu"):
+        svg = render("edgetpu_partition.svg.j2", ops=report["check"]["edgetpu"]["ops"], name=name)
+    return render("report.md.j2", report=report), svg
+
+
+def _render_dropping_malformed(report: dict[str, Any], name: str, keep: set[str]):
+    """Render; when a section kept from an earlier run (edited or damaged by hand) cannot be
+    rendered, drop such sections one by one, with a warning, until the report renders. The
+    sections of this run are ours: a failure with only those left is a bug and is raised."""
+    while True:
+        try:
+            return _render(report, name)
+        except Exception:  # a stale section of any shape: the template's errors are many kinds
+            stale = [k for k in report if k not in keep and k not in ("model", "generated_by")]
+            if not stale:
+                raise
+            log.warning("dropping section %r of report.json: it does not have the shape this version writes",
+                        stale[-1])
+            del report[stale[-1]]
 
 
 def update_report(out_dir: Path, name: str, section: str, content: dict[str, Any]) -> dict[str, Any]:

@@ -403,9 +403,13 @@ def firmware_options(job: Job) -> dict[str, Any]:
     TensorFlow version when it made the model."""
     r = job.request
     quantized = job.results.get("quantize") or {}
+    labels = quantized.get("labels")
+    versions = quantized.get("tool_versions")
+    version = versions.get("tensorflow") if isinstance(versions, dict) else None
+    # the report may have been edited by hand: only values of the shape quantize writes are used
     return {"board": r.board, "vectors": r.vectors, "tolerance": r.tolerance, "data": r.data,
-            "labels": quantized.get("labels"),
-            "tensorflow_version": (quantized.get("tool_versions") or {}).get("tensorflow")}
+            "labels": labels if isinstance(labels, list) and all(isinstance(x, str) for x in labels) else None,
+            "tensorflow_version": version if isinstance(version, str) else None}
 
 
 def _firmware_job(job: Job) -> FirmwareResult:
