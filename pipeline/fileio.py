@@ -139,11 +139,31 @@ def os_errors(path: Path, option: str = "--out") -> Iterator[None]:
         raise output_error(exc, path, option) from None
 
 
+def _clear_orphaned_temps(path: Path) -> None:
+    """Temporary files of earlier writes of `path` whose process died between writing and
+    renaming (SIGKILL, power loss): their names carry the writer's pid."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name[:64])}.*.tmp"):
+        m = re.fullmatch(rf"\.{re.escape(path.name[:64])}\.(\d+)\.[^.]+\.tmp", tmp.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive_number(int(m.group(1))):
+            tmp.unlink(missing_ok=True)
+
+
+def _pid_alive_number(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
+        _clear_orphaned_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.{os.getpid()}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         public_mode(Path(tmp))
@@ -347,13 +367,7 @@ def _pid_alive(name: str) -> bool:
         return False
     if int(m.group(1)) == os.getpid():
         return True  # this process's own folder, still in use
-    try:
-        os.kill(int(m.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return _pid_alive_number(int(m.group(1)))
 
 
 def recover_interrupted(final: Path, legacy: Callable[[Path], set[str] | None] | None = None) -> None:

@@ -266,12 +266,21 @@ class _Reader:
         self.data = data
         self.source = source
         self.tfl = _schema()
+        # Every element of every vector takes at least one byte of the file, unless tables are
+        # shared: the converter never shares them, a hostile file repeats one table thousands of
+        # times to make a reader walk billions of entries. The reader walks at most this many.
+        self.budget = 2 * len(data) + 4096
 
     def _len(self, n: int, what: str) -> int:
         # Every element takes at least one byte, so a longer vector cannot be real.
         if n < 0 or n > len(self.data):
             raise ModelFormatError(f"{what} claims {n} entries in a {len(self.data)}-byte file: corrupt",
                                    path=self.source)
+        self.budget -= n
+        if self.budget < 0:
+            raise ModelFormatError(f"its vectors claim more entries than the file has bytes ({what} among them): "
+                                   "one table repeated many times: corrupt or hostile", path=self.source,
+                                   fix="pass a TensorFlow Lite flatbuffer made by the TF converter")
         return n
 
     def _vector(self, obj, field_name: str, what: str) -> tuple:
