@@ -70,6 +70,18 @@ def _run(fn, *args, **kwargs):
         raise Exit("interrupted: previous outputs are intact", code=130) from None
 
 
+def _keras_model(model: str, keras_model, root: Path) -> str | None:
+    """--keras-model as an absolute path; for the demo, its trained Keras model when cached."""
+    if keras_model:
+        return str(_path(keras_model))
+    if model == "demo":
+        from pipeline.demo import cached_model_path
+
+        path = cached_model_path(root / ".cache")
+        return str(path) if path.is_file() else None
+    return None
+
+
 @task(help={
     "model": "Keras model (.keras, .h5), SavedModel directory, or 'demo' (default)",
     "data": "representative data: .npy/.npz, image folder, or module:function (demo: built in)",
@@ -142,10 +154,11 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
     "json": "print exactly one JSON object on stdout",
     "strict": "exit 1 when the model is not fully deployable",
     "no_interpreter": "skip the TFLM interpreter run and arena search",
+    "keras_model": "the .keras/.h5 the model came from: confirms each op's layer (read, never loaded)",
     "out": "output root for the demo (default build)",
 })
 def check(c, model=None, target="all", board=None, json=False, strict=False, no_interpreter=False,
-          out=None):
+          keras_model=None, out=None):
     """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
     import json as json_module
 
@@ -153,9 +166,11 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     from pipeline.console import check_table, show
 
     _setup_logging(False)
-    request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter)
+    root = _path(_setting(c, "out", out))
+    request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter,
+                            keras_model=_keras_model(_setting(c, "model", model), keras_model, root))
     _run(validate_request, request)  # before the demo would be quantized for nothing
-    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
+    path = _run(resolve_model, _setting(c, "model", model), root)
     result = _run(run_stage, "check", job_for_model(path, request))
     if json:
         print(json_module.dumps(result.to_json()))

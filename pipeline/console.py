@@ -204,22 +204,35 @@ def quantize_summary(r) -> Table:
     return _summary_grid(Text(f"quantize ({r.mode}): {r.quantized_model}"), rows)
 
 
+def _layer_cell(keras_layer: str | None, layer_class: str | None) -> str:
+    if not keras_layer:
+        return "-"
+    return f"{keras_layer} ({layer_class})" if layer_class else keras_layer
+
+
+def _op_label(v) -> str:
+    """`op 3 NEG (layer `encoder/layer_norm_1`, LayerNormalization)` for a check verdict."""
+    from .layers import op_label
+
+    return op_label(v.index, v.op, v.keras_layer, v.layer_class)
+
+
 def check_table(r) -> Table:
-    """One row per distinct (op, Edge TPU status, TFLM status), then a verdict per target."""
-    rows: dict[tuple[str, str, str], int] = {}
+    """One row per op, in execution order, with the Keras layer it came from; then a verdict
+    per target."""
     etpu = {v.index: v for v in r.edgetpu.ops} if r.edgetpu else {}
     tflm = {v.index: v for v in r.tflm.ops} if r.tflm else {}
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("#", "right"), ("Operator", "left"), ("Keras layer", "left"),
+                          ("Edge TPU", "left"), ("TFLM", "left")):
+        table.add_column(name, justify=justify)
     for v in (r.edgetpu.ops if r.edgetpu else r.tflm.ops):
         e, t = etpu.get(v.index), tflm.get(v.index)
-        key = (v.op, e.status if e else "-",
-               ("ok " + (t.resolver_method or "")) if t and t.supported else (f"NO: {t.reason}" if t else "-"))
-        rows[key] = rows.get(key, 0) + 1
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name, justify in (("Operator", "left"), ("Count", "right"), ("Edge TPU", "left"), ("TFLM", "left")):
-        table.add_column(name, justify=justify)
-    for (op, e, t), count in rows.items():
-        table.add_row(op, str(count), Text(e, style="green" if e == "Mapped to Edge TPU" else "yellow"),
-                      Text(t, style="green" if t.startswith("ok") else "red"))
+        e_text = e.status if e else "-"
+        t_text = ("ok " + (t.resolver_method or "")) if t and t.supported else (f"NO: {t.reason}" if t else "-")
+        table.add_row(str(v.index), v.op, _layer_cell(v.keras_layer, v.layer_class),
+                      Text(e_text, style="green" if e_text == "Mapped to Edge TPU" else "yellow"),
+                      Text(t_text, style="green" if t_text.startswith("ok") else "red"))
     lines = _grid(None)
     lines.add_row(table)
     for text in _check_verdicts(r):
@@ -239,7 +252,7 @@ def _check_verdicts(r) -> list[str]:
             lines.append(f"           {e.off_chip_bytes} B of parameters will stream from off-chip memory")
         for v in e.ops:
             if not v.mapped and v.fix and v.status != "More than one subgraph is not supported":
-                lines.append(f"           op {v.index} {v.op}: {v.fix}")
+                lines.append(f"           {_op_label(v)}: {v.fix}")
     if r.tflm:
         t = r.tflm
         arena = f"arena {t.arena_bytes} B (+{t.recommended_arena_bytes - t.arena_bytes} B margin)" \
@@ -293,3 +306,4 @@ def boards_table(boards) -> Table:
         table.add_row(b.key, b.name, b.cpu, f"{b.flash_bytes // 1024} KiB", f"{b.ram_bytes // 1024} KiB",
                       f"{b.clock_mhz} MHz")
     return table
+

@@ -31,7 +31,8 @@ def test_a_hand_edited_report_cannot_inject_markdown_html_or_svg(tmp_path):
     from pipeline.templating import render
 
     evil = 'x</td><script>alert(1)</script>|![t](http://e.vil/p.png)\n# heading\\'
-    op = {"index": 0, "op": evil, "mapped": False, "status": evil, "fix": evil}
+    op = {"index": 0, "op": evil, "mapped": False, "status": evil, "fix": evil, "keras_layer": evil + "`",
+          "layer_class": evil}
     report = {"model": evil, "generated_by": "edge-deploy test",
               "quantize": {"mode": "int8", "deployable_to": ["tflm"], "source_model": evil,
                            "files": {"float": {"path": evil, "bytes": 1}, "quantized": {"path": evil, "bytes": 1}},
@@ -51,7 +52,7 @@ def test_a_hand_edited_report_cannot_inject_markdown_html_or_svg(tmp_path):
     assert "<script>" not in md and "</td>" not in md and not re.search(r"(?<!\\)\]\(", md)
     assert "\n# heading" not in md
     rows = [line for line in md.splitlines() if line.startswith("| 0 |")]
-    assert len(rows) == 1 and rows[0].count(" | ") == 3, rows  # the op row keeps its 4 cells
+    assert len(rows) == 1 and rows[0].count(" | ") == 4, rows  # the op row keeps its 5 cells
     svg = render("edgetpu_partition.svg.j2", ops=[op], name=evil)
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     import xml.dom.minidom

@@ -58,6 +58,7 @@ class DeployRequest:
     verify_samples: int = 200
     hil_timeout_s: float = 5.0
     hil_retries: int = 2
+    keras_model: str | None = None  # confirms layer names (check, diagnose); deploy: --model
 
     def targets(self, target: str) -> bool:
         return self.target in (target, "all")
@@ -77,6 +78,23 @@ class Job:
     @property
     def model(self) -> Path:
         return self.model_path or self.out_dir / quantized_file_name(self.request.mode)
+
+
+def keras_model_of(job: Job) -> Path | None:
+    """The Keras model that confirms layer names: --keras-model, else the deploy's --model when
+    it is a .keras/.h5 file (read, never loaded), else the demo's trained model when it exists."""
+    r = job.request
+    if r.keras_model:
+        return Path(r.keras_model)
+    if job.model_path is not None:  # a task on an existing .tflite: only --keras-model says
+        return None
+    if r.model == "demo":
+        from .. import demo
+
+        path = demo.cached_model_path(r.out / ".cache")
+        return path if path.is_file() else None
+    path = Path(r.model)
+    return path if path.suffix in (".keras", ".h5", ".hdf5") and path.is_file() else None
 
 
 def _always(job: Job) -> bool:
