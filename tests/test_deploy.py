@@ -33,7 +33,7 @@ def statuses(result):
 def test_demo_deploy_all_targets(deployed):
     out, result = deployed
     assert statuses(result) == {"quantize": "ran", "check": "ran", "compile": "no compiler", "firmware": "ran",
-                                "verify": "ran"}
+                                "verify": "ran", "diagnose": "not applicable"}
     assert result.deployable and result.reasons == []
     d = out / "demo"
     for f in ("model_int8.tflite", "report.json", "report.md", "edgetpu_partition.svg", "firmware/model_data.cc"):
@@ -59,7 +59,8 @@ def test_second_run_skips_every_stage(deployed):
     out, _ = deployed
     again = deploy(DeployRequest(out=out))
     assert statuses(again) == {"quantize": "skipped", "check": "skipped", "compile": "no compiler",
-                               "firmware": "skipped", "verify": "skipped"}
+                               "firmware": "skipped", "verify": "skipped",
+                               "diagnose": "not applicable"}
     assert again.deployable
 
 
@@ -91,10 +92,12 @@ def test_each_target(deployed):
     out, _ = deployed
     edgetpu = deploy(DeployRequest(out=out, target="edgetpu"))
     assert statuses(edgetpu) == {"quantize": "skipped", "check": "ran", "compile": "no compiler",
-                                 "firmware": "not applicable", "verify": "skipped"}
+                                 "firmware": "not applicable", "verify": "skipped",
+                                 "diagnose": "not applicable"}
     tflm = deploy(DeployRequest(out=out, target="tflm", board="arduino-nano-33-ble-sense"))
     assert statuses(tflm) == {"quantize": "skipped", "check": "ran", "compile": "not applicable",
-                              "firmware": "ran", "verify": "skipped"}
+                              "firmware": "ran", "verify": "skipped",
+                              "diagnose": "not applicable"}
     report = json.loads((out / "demo" / "report.json").read_text())
     assert report["check"]["board"]["board"] == "arduino-nano-33-ble-sense"
 

@@ -28,6 +28,19 @@ def fact_tables() -> dict[str, str | None]:
 
 
 @dataclass(frozen=True)
+class DiagnoseOptions:
+    """What `invoke diagnose` (and `invoke deploy --diagnose`) take beyond the samples."""
+
+    samples: int = 32  # per-layer error pools every value of every sample: a few dozen suffice
+    int16_model: Path | None = None  # an int16x8 model to diagnose beside the int8 one
+    recommend: bool = False  # measure remedies (re-runs the converter: slow)
+    runtimes: tuple[str, str] | None = ("litert", "tflm")  # the pair verify's LiteRT-vs-TFLM check compares
+    tolerance_lsb: float | None = None  # None: verify's max_lsb_litert_vs_tflm
+    calibration_data: str | None = None  # --recommend: the samples quantize calibrated on
+    worst: int = 3
+
+
+@dataclass(frozen=True)
 class DeployRequest:
     """Every option a stage takes, with the defaults the tasks document: `invoke deploy` passes
     them all, a single-stage task the ones it has."""
@@ -59,6 +72,8 @@ class DeployRequest:
     hil_timeout_s: float = 5.0
     hil_retries: int = 2
     keras_model: str | None = None  # confirms layer names (check, diagnose); deploy: --model
+    diagnose: bool = False  # deploy: diagnose even when every verify check passed
+    diagnose_options: DiagnoseOptions = field(default_factory=DiagnoseOptions)
 
     def targets(self, target: str) -> bool:
         return self.target in (target, "all")
