@@ -631,6 +631,10 @@ def _diagnose_job(job: Job) -> Diagnosis:
     from ..recommend import diagnose_recommendations, recommendations
 
     r, o = job.request, job.request.diagnose_options
+    if not float_model_of(job).is_file():
+        raise PipelineError(f"no {FLOAT_MODEL} beside the model: the per-layer error compares with the "
+                            "float model of the same export", path=float_model_of(job), field="--model",
+                            fix="diagnose the model_int8.tflite in the folder `invoke quantize` wrote")
     failed = failed_verify_checks(job)
     samples = _load(job, _sample_spec(job), "test", o.samples, "--data")
     keras = keras_model_of(job)
