@@ -264,6 +264,10 @@ class _ScopeResolver:
         return self._by_pattern(scope), False
 
     def _by_pattern(self, scope: tuple[str, ...]) -> str | None:
+        if not self.suffixed and scope and scope[0] != self.root_scope:
+            # a scope beside the model's root (TF1 graphs: `aspp0/BatchNorm_Fold` next to
+            # `MobilenetV2/...`) is a top-level layer of its own, not a part of the root
+            return scope[0]
         if len(scope) < 2:
             return None
         inner = scope[1:]
