@@ -361,7 +361,7 @@ def diagnose_summary(section: dict[str, Any]) -> Table:
                 text = f"{rec['option']}: the converter refused it: {rec['error']}"
             else:
                 acc = g.get("accuracy_points")
-                text = (f"{rec['option']}: {'%+.2f' % acc + ' accuracy points, ' if acc is not None else ''}"
+                text = (f"{rec['option']}: {f'{acc:+.2f} accuracy points, ' if acc is not None else ''}"
                         f"{_num(g.get('output_snr_db'), '{:+.1f}')} dB output SNR (keeps {targets})")
         else:
             text = f"{rec['option']} (not measured; keeps {targets}): {rec['description']}"

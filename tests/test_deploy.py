@@ -210,7 +210,7 @@ def test_invoke_deploy_diagnose_end_to_end(deployed):
     proc = subprocess.run(invoke_cmd() + ["deploy", "--diagnose", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^diagnose\s+ran\b", proc.stdout, re.M) and re.search(r"^  diagnose\s+worst ", proc.stdout, re.M)
+    assert re.search(r"^diagnose\s+ran\b", proc.stdout, re.MULTILINE) and re.search(r"^  diagnose\s+worst ", proc.stdout, re.MULTILINE)
     d = out / "demo"
     report = json.loads((d / "report.json").read_text())
     assert report["deploy"]["stages"]["diagnose"] == {"status": "done", "note": ""}
