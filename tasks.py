@@ -103,6 +103,18 @@ def _run(fn, *args, **kwargs):
         raise Exit("interrupted: previous outputs are intact", code=130) from None
 
 
+def _keras_model(model: str, keras_model, root: Path) -> str | None:
+    """--keras-model as an absolute path; for the demo, its trained Keras model when cached."""
+    if keras_model:
+        return str(_path(keras_model))
+    if model == "demo":
+        from pipeline.demo import cached_model_path
+
+        path = cached_model_path(root / ".cache")
+        return str(path) if path.is_file() else None
+    return None
+
+
 @task(help={
     "model": "Keras model (.keras, .h5), SavedModel directory, or 'demo' (default)",
     "data": "representative data: .npy/.npz, image folder, or module:function (demo: built in)",
@@ -145,14 +157,18 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "port": "a device's serial port (or `invoke emulate`'s): run the golden vectors on it last",
     "baud": "baud rate for --port (default 115200)",
     "force": "rerun every stage even when its inputs are unchanged",
+    "diagnose": "diagnose layer by layer even when every verify check passed (it runs when one fails)",
+    "recommend": "with the diagnosis, measure remedies even without an accuracy loss (slow)",
     "verbose": "debug logging",
 })
 def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None, name=None, out=None,
-           target=None, board=None, compiler=None, port=None, baud=None, force=False, verbose=False):
+           target=None, board=None, compiler=None, port=None, baud=None, force=False, diagnose=False,
+           recommend=False, verbose=False):
     """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
     from pipeline.console import deploy_summary, show, stage_line
+    from pipeline.stages.base import DiagnoseOptions
 
     request = DeployRequest(
         model=_setting(c, "model", model), data=_setting(c, "data", data),
@@ -160,7 +176,8 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=_setting(c, "name", name),
         out=_path(_setting(c, "out", out)), target=_setting(c, "target", target),
         board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler),
-        port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force)
+        port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force,
+        diagnose=diagnose, diagnose_options=DiagnoseOptions(recommend=recommend))
     result = _run(run_deploy, request, on_stage=lambda run: show(stage_line(run)))
     print()
     show(deploy_summary(result))
@@ -175,10 +192,11 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
     "json": "print exactly one JSON object on stdout",
     "strict": "exit 1 when the model is not fully deployable",
     "no_interpreter": "skip the TFLM interpreter run and arena search",
+    "keras_model": "the .keras/.h5 the model came from: confirms each op's layer (read, never loaded)",
     "out": "output root for the demo (default build)",
 })
 def check(c, model=None, target="all", board=None, json=False, strict=False, no_interpreter=False,
-          out=None):
+          keras_model=None, out=None):
     """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
     import json as json_module
 
@@ -186,9 +204,11 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
     from pipeline.console import check_table, show
 
     _setup_logging(False)
-    request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter)
+    root = _path(_setting(c, "out", out))
+    request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter,
+                            keras_model=_keras_model(_setting(c, "model", model), keras_model, root))
     _run(validate_request, request)  # before the demo would be quantized for nothing
-    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
+    path = _run(resolve_model, _setting(c, "model", model), root)
     result = _run(run_stage, "check", job_for_model(path, request))
     if json:
         print(json_module.dumps(result.to_json()))
@@ -325,6 +345,65 @@ def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=N
 
 
 @task(help={
+    "model": "an int8 .tflite model with model_float.tflite beside it, or 'demo' (default)",
+    "data": "samples (.npz with labels as 'y', image class folders, .npy, module:function; demo: its test split)",
+    "samples": "how many samples to diagnose on (default 32: every value of every op output counts)",
+    "keras_model": "the .keras/.h5 the model came from: confirms layer names (read, never loaded); "
+                   "--recommend re-converts it",
+    "int16": "an int16x8 .tflite of the same model (`invoke quantize --mode int16x8`) to diagnose beside",
+    "recommend": "measure remedies (int16x8, per-tensor weights, other calibration, a layer in float): "
+                 "re-runs the TF converter, slow",
+    "calibration_data": "with --recommend: the samples quantize calibrated on (default: the report's)",
+    "runtimes": "the two runtimes whose op outputs are compared (default litert,tflm; also litert-ref, "
+                "litert-xnnpack; 'none' skips)",
+    "max_lsb": "difference between the runtimes that is not a divergence, in quantized steps (default 0)",
+    "strict": "exit 1 when the runtimes part ways beyond --max-lsb or cannot both run the model",
+    "json": "print exactly one JSON object (the report's diagnose section)",
+    "out": "output root for the demo (default build)",
+})
+def diagnose(c, model=None, data=None, samples=None, keras_model=None, int16=None, recommend=False,
+             calibration_data=None, runtimes=None, max_lsb=None, strict=False, json=False, out=None):
+    """Which Keras layer loses the accuracy, and the first op where two runtimes part ways."""
+    import json as json_module
+
+    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
+    from pipeline.runtime.tensor_capture import RUNTIMES
+    from pipeline.stages.base import DiagnoseOptions
+
+    _setup_logging(False)
+    pair = None
+    if runtimes != "none":
+        pair = tuple(r.strip() for r in (runtimes or "litert,tflm").split(","))
+        if len(pair) != 2 or not set(pair) <= set(RUNTIMES):
+            raise Exit(f"error: --runtimes: expected two of {', '.join(RUNTIMES)} separated by a comma, "
+                       f"got '{runtimes}'", code=2)
+    model = _setting(c, "model", model)
+    root = _path(_setting(c, "out", out))
+    count = _int_option(samples, "--samples") if samples is not None else DiagnoseOptions.samples
+    if count < 1:
+        raise Exit(f"error: --samples: at least 1 sample, got {count}", code=2)
+    options = DiagnoseOptions(samples=count,
+                              int16_model=_path(int16) if int16 else None, recommend=recommend, runtimes=pair,
+                              tolerance_lsb=_float_option(max_lsb, "--max-lsb", 0.0),
+                              calibration_data=calibration_data)
+    path = _run(resolve_model, model, root)
+    request = DeployRequest(model="demo" if model == "demo" else str(path), data=data, out=root,
+                            keras_model=_keras_model(model, keras_model, root), diagnose=True,
+                            diagnose_options=options)
+    result = _run(run_stage, "diagnose", job_for_model(path, request, borrow=("quantize",)))
+    section = result.to_json()
+    if json:
+        print(json_module.dumps(section, allow_nan=False))
+    else:
+        from pipeline.console import diagnose_summary, show
+
+        show(diagnose_summary(section))
+    if strict and (section["first_divergence"] or section["runtime_error"]):
+        raise Exit(code=1)
+    return result
+
+
+@task(help={
     "port": "serial device of the board (or the path `invoke emulate` printed)",
     "baud": "baud rate (default 115200)",
     "model": "the .tflite the device should run, or 'demo' (default)",
@@ -393,7 +472,7 @@ def boards(c):
     show(boards_table(all_boards().values()))
 
 
-ns = Collection(quantize, check, compile, firmware, verify, hil, emulate, boards, deploy)
+ns = Collection(quantize, check, compile, firmware, verify, diagnose, hil, emulate, boards, deploy)
 # Invoke's defaults are all None: it takes a variable's string as it is, and _setting parses it
 ns.configure({"pipeline": invoke_defaults()})
 

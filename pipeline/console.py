@@ -135,6 +135,7 @@ def deploy_summary(result) -> Table:
         return (run.result if run else {}) or {}
 
     q, c, k, f, v, h = (section(n) for n in ("quantize", "check", "compile", "firmware", "verify", "hil"))
+    g = section("diagnose")
     rows: list[tuple[str, str]] = []
     if q:
         files = q["files"]
@@ -164,6 +165,10 @@ def deploy_summary(result) -> Table:
         ident = v.get("comparisons", {}).get("litert_vs_tflm", {})
         same = "bit-exact" if ident.get("identical") else f"max {ident.get('max_lsb_difference')} LSB"
         rows.append(("verify", f"{'PASS' if v['passed'] else 'FAIL'} on {v['samples']} samples: LiteRT vs TFLM {same}"))
+    if g.get("layers") is not None:
+        worst = g.get("worst_layers") or []
+        rows.append(("diagnose", (f"worst {worst[0]['label']}" if worst else "no layer beyond its rounding limit")
+                                 + f"; {_divergence_line(g.get('first_divergence'), g)}"))
     if h:
         ok = sum(x["passed"] for x in h["vectors"])
         rows.append(("hil", f"{'PASS' if h['passed'] else 'FAIL'} {ok}/{len(h['vectors'])} on "
@@ -204,22 +209,35 @@ def quantize_summary(r) -> Table:
     return _summary_grid(Text(f"quantize ({r.mode}): {r.quantized_model}"), rows)
 
 
+def _layer_cell(keras_layer: str | None, layer_class: str | None) -> str:
+    if not keras_layer:
+        return "-"
+    return f"{keras_layer} ({layer_class})" if layer_class else keras_layer
+
+
+def _op_label(v) -> str:
+    """`op 3 NEG (layer `encoder/layer_norm_1`, LayerNormalization)` for a check verdict."""
+    from .layers import op_label
+
+    return op_label(v.index, v.op, v.keras_layer, v.layer_class)
+
+
 def check_table(r) -> Table:
-    """One row per distinct (op, Edge TPU status, TFLM status), then a verdict per target."""
-    rows: dict[tuple[str, str, str], int] = {}
+    """One row per op, in execution order, with the Keras layer it came from; then a verdict
+    per target."""
     etpu = {v.index: v for v in r.edgetpu.ops} if r.edgetpu else {}
     tflm = {v.index: v for v in r.tflm.ops} if r.tflm else {}
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("#", "right"), ("Operator", "left"), ("Keras layer", "left"),
+                          ("Edge TPU", "left"), ("TFLM", "left")):
+        table.add_column(name, justify=justify)
     for v in (r.edgetpu.ops if r.edgetpu else r.tflm.ops):
         e, t = etpu.get(v.index), tflm.get(v.index)
-        key = (v.op, e.status if e else "-",
-               ("ok " + (t.resolver_method or "")) if t and t.supported else (f"NO: {t.reason}" if t else "-"))
-        rows[key] = rows.get(key, 0) + 1
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name, justify in (("Operator", "left"), ("Count", "right"), ("Edge TPU", "left"), ("TFLM", "left")):
-        table.add_column(name, justify=justify)
-    for (op, e, t), count in rows.items():
-        table.add_row(op, str(count), Text(e, style="green" if e == "Mapped to Edge TPU" else "yellow"),
-                      Text(t, style="green" if t.startswith("ok") else "red"))
+        e_text = e.status if e else "-"
+        t_text = ("ok " + (t.resolver_method or "")) if t and t.supported else (f"NO: {t.reason}" if t else "-")
+        table.add_row(str(v.index), v.op, _layer_cell(v.keras_layer, v.layer_class),
+                      Text(e_text, style="green" if e_text == "Mapped to Edge TPU" else "yellow"),
+                      Text(t_text, style="green" if t_text.startswith("ok") else "red"))
     lines = _grid(None)
     lines.add_row(table)
     for text in _check_verdicts(r):
@@ -239,7 +257,7 @@ def _check_verdicts(r) -> list[str]:
             lines.append(f"           {e.off_chip_bytes} B of parameters will stream from off-chip memory")
         for v in e.ops:
             if not v.mapped and v.fix and v.status != "More than one subgraph is not supported":
-                lines.append(f"           op {v.index} {v.op}: {v.fix}")
+                lines.append(f"           {_op_label(v)}: {v.fix}")
     if r.tflm:
         t = r.tflm
         arena = f"arena {t.arena_bytes} B (+{t.recommended_arena_bytes - t.arena_bytes} B margin)" \
@@ -293,3 +311,80 @@ def boards_table(boards) -> Table:
         table.add_row(b.key, b.name, b.cpu, f"{b.flash_bytes // 1024} KiB", f"{b.ram_bytes // 1024} KiB",
                       f"{b.clock_mhz} MHz")
     return table
+
+
+# --- diagnose ------------------------------------------------------------------------------------
+
+def _num(value, fmt: str = "{:.1f}", none: str = "-") -> str:
+    return none if value is None else fmt.format(value)
+
+
+def _divergence_line(d: dict[str, Any] | None, section: dict[str, Any]) -> str:
+    between = " vs ".join(section.get("runtimes_compared") or [])
+    if section.get("runtime_error"):
+        return f"not compared ({between}): {section['runtime_error']}"
+    if not between:
+        return "not compared"
+    if d is None:
+        return f"{between}: every op agrees within {_num(section.get('tolerance_lsb'), '{:g}')} LSB"
+    inputs = {True: "its inputs are identical", False: "its inputs already differ",
+              None: "its inputs were not compared"}[d.get("inputs_identical")]
+    kernel = d.get("kernel") or {}
+    method = f", TFLM kernel {kernel['tflm_resolver_method']}" if kernel.get("tflm_resolver_method") else ""
+    return (f"{between}: first at {d['label']}: max {_num(d['max_lsb'], '{:g}')} LSB on "
+            f"{100 * d['differing_fraction']:.2f}% of its values; {inputs}{method}")
+
+
+def diagnose_summary(section: dict[str, Any]) -> Table:
+    """The worst layers first, where two runtimes part ways, what to do, then one row per op
+    with its Keras layer and error (from the report's `diagnose` section)."""
+    whole = _grid(None)
+    head = (f"diagnose: {section['quantized_model']} against {section['float_model']} on "
+            f"{section['samples']} samples of {section['source']}")
+    whole.add_row(Text(head))
+    rows: list[tuple[str, str]] = []
+    snr = f"output SNR {_num(section.get('output_snr_db'))} dB"
+    if section.get("int16x8"):
+        snr += f" (int16x8: {_num(section['int16x8'].get('output_snr_db'))} dB)"
+    rows.append(("int8", snr))
+    worst = section.get("worst_layers") or []
+    if not worst:
+        rows.append(("worst", "none: every op is within 0.5 dB of what rounding to its scale costs"))
+    for i, w in enumerate(worst, 1):
+        rows.append((f"worst {i}", f"{w['label']}: SNR {_num(w.get('snr_db'))} dB; {w['why']}"))
+    rows.append(("runtimes", _divergence_line(section.get("first_divergence"), section)))
+    for rec in section.get("recommendations") or []:
+        targets = ", ".join(rec.get("targets") or [])
+        if rec.get("kind") == "measured":
+            g = rec.get("gain") or {}
+            if rec.get("error"):
+                text = f"{rec['option']}: the converter refused it: {rec['error']}"
+            else:
+                acc = g.get("accuracy_points")
+                text = (f"{rec['option']}: {f'{acc:+.2f} accuracy points, ' if acc is not None else ''}"
+                        f"{_num(g.get('output_snr_db'), '{:+.1f}')} dB output SNR (keeps {targets})")
+        else:
+            text = f"{rec['option']} (not measured; keeps {targets}): {rec['description']}"
+        rows.append(("remedy", text))
+    if section.get("recommendations_note"):
+        rows.append(("remedies", section["recommendations_note"]))
+    details = _grid(1, 10, None)
+    for label, value in rows:
+        details.add_row("", label, value)
+    whole.add_row(details)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("#", "right"), ("op", "left"), ("Keras layer", "left"), ("SNR dB", "right"),
+                          ("excess dB", "right"), ("RMSE/step", "right"), ("cosine", "right"),
+                          ("clipped", "right")):
+        table.add_column(name, justify=justify)
+    worst_ops = {w["op_index"] for w in worst}
+    for row in section.get("layers") or []:
+        exact = row.get("snr_db") is None and row.get("cosine") is not None  # an infinite SNR
+        clipped = row.get("clipped_fraction")
+        table.add_row(str(row["op_index"]), row["op"], _layer_cell(row.get("keras_layer"), row.get("layer_class")),
+                      "exact" if exact else _num(row.get("snr_db")), _num(row.get("excess_db")),
+                      _num(row.get("rmse_over_scale"), "{:.2f}"), _num(row.get("cosine"), "{:.5f}"),
+                      _num(clipped, "{:.2%}") if clipped is not None else "-",
+                      style="bold" if row["op_index"] in worst_ops else None)
+    whole.add_row(table)
+    return whole

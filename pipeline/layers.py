@@ -98,15 +98,21 @@ class OpLayer:
 
     def label(self) -> str:
         """`op 3 NEG (layer `encoder/layer_norm_1`, LayerNormalization)`."""
-        if self.keras_layer is None:
-            return f"op {self.op_index} {self.op} (no Keras layer found)"
-        cls = f", {self.layer_class}" if self.layer_class else ""
-        return f"op {self.op_index} {self.op} (layer `{self.keras_layer}`{cls})"
+        return op_label(self.op_index, self.op, self.keras_layer, self.layer_class)
 
     def to_json(self) -> dict[str, Any]:
         return {"op_index": self.op_index, "op": self.op, "keras_layer": self.keras_layer,
                 "layer_class": self.layer_class, "match": self.match, "evidence": self.evidence,
                 "fused_layers": list(self.fused_layers)}
+
+
+def op_label(index: int, op: str, keras_layer: str | None, layer_class: str | None = None) -> str:
+    """How every message names an op: `op 3 NEG (layer `encoder/layer_norm_1`,
+    LayerNormalization)`; the class only when a Keras model confirmed the layer."""
+    if keras_layer is None:
+        return f"op {index} {op} (no Keras layer found)"
+    cls = f", {layer_class}" if layer_class else ""
+    return f"op {index} {op} (layer `{keras_layer}`{cls})"
 
 
 # --- the Keras model's own layer list -------------------------------------------------------
@@ -258,6 +264,10 @@ class _ScopeResolver:
         return self._by_pattern(scope), False
 
     def _by_pattern(self, scope: tuple[str, ...]) -> str | None:
+        if not self.suffixed and scope and scope[0] != self.root_scope:
+            # a scope beside the model's root (TF1 graphs: `aspp0/BatchNorm_Fold` next to
+            # `MobilenetV2/...`) is a top-level layer of its own, not a part of the root
+            return scope[0]
         if len(scope) < 2:
             return None
         inner = scope[1:]

@@ -138,6 +138,18 @@ def _finalize_markdown(value):
     return md_text(value)
 
 
+# Characters XML 1.0 forbids even as references: a name holding one would leave the SVG malformed
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _finalize_svg(value):
+    """Autoescaping makes `<&>"'` safe; what XML cannot hold at all becomes U+FFFD."""
+    if isinstance(value, str):
+        cleaned = _NOT_XML.sub("\ufffd", value)
+        return Markup(cleaned) if isinstance(value, Markup) else cleaned
+    return value
+
+
 def _pct(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}%"
 
@@ -170,7 +182,7 @@ def environment(kind: str = "code"):
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=kind == "svg",
-        finalize={"code": _finalize_code, "markdown": _finalize_markdown}.get(kind),
+        finalize={"code": _finalize_code, "markdown": _finalize_markdown, "svg": _finalize_svg}.get(kind),
     )
     env.filters.update(_FILTERS)
     return env

@@ -122,3 +122,34 @@ def corrupt_weights(model_path: Path, op_index: int, dest: Path) -> Path:
     raw[start:start + length] = values.tobytes()
     dest.write_bytes(bytes(raw))
     return dest
+
+
+def build_outlier_model(path: Path, *, gain: float = 200.0, seed: int = 0) -> Path:
+    """A digits classifier whose hidden layer has one unit `gain` times larger than the rest,
+    and the next layer that unit's weights `gain` times smaller: the same function in float
+    (ReLU is positively homogeneous), but the hidden tensor's one int8 scale must cover the
+    outlier, so the other units round to a few steps. The outlier channel that wrecks
+    per-tensor activation quantization in real networks, made on purpose."""
+    import keras
+
+    from pipeline import demo
+
+    keras.utils.set_random_seed(seed)
+    split = demo.digits_split()
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1), name="image"), layers.Flatten(name="flatten"),
+                              layers.Dense(32, activation="relu", name="hidden"),
+                              layers.Dense(10, activation="softmax", name="probs")], name="outlier")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(split.x_train, split.y_train, epochs=20, batch_size=32, verbose=0)
+    hidden, probs = model.get_layer("hidden"), model.get_layer("probs")
+    kernel, bias = hidden.get_weights()
+    busiest = int(np.argmax(np.maximum(split.x_train.reshape(len(split.x_train), -1) @ kernel + bias, 0).mean(0)))
+    kernel[:, busiest] *= gain
+    bias[busiest] *= gain
+    hidden.set_weights([kernel, bias])
+    w, b = probs.get_weights()
+    w[busiest] /= gain
+    probs.set_weights([w, b])
+    model.save(path)
+    return path

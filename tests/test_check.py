@@ -170,6 +170,52 @@ def test_json_contract_and_no_tensorflow(demo_int8):
     assert {"compatible", "arena_bytes", "ops"} <= set(t)
     assert {"index", "op", "supported", "resolver_method", "reason"} <= set(t["ops"][0])
     assert e["ops"][0]["op"] == "CONV_2D" and t["ops"][0]["resolver_method"] == "AddConv2D"
+    # every op names the Keras layer it came from, from the converter's tensor names alone
+    layers = ["conv1", "pool1", "conv2", "flatten", "fc1", "probs", "probs"]
+    assert [o["keras_layer"] for o in e["ops"]] == [o["keras_layer"] for o in t["ops"]] == layers
+    assert doc["keras_model"] is None and all(o["layer_class"] is None for o in e["ops"] + t["ops"])
+
+
+def test_a_keras_model_confirms_every_layer_of_a_zoo_model(run_quantize, out_root, tmp_path):
+    """The zoo's Resizing model (a resize the Edge TPU leaves on the CPU, conv, pool, dense): every
+    op names its layer, in the JSON (with the class, read from the .keras file without
+    TensorFlow), in the table, and in the fix line of the op that does not map."""
+    import io
+
+    import zoo
+    from pipeline.console import check_table, show
+    from pipeline.layers import read_keras_layers
+
+    paths = zoo.save(zoo.build("resizing", epochs=1), out_root / "zoo")
+    quantized = run_quantize(model=str(paths["model"]), data=str(paths["data"]), samples=32, name="zoo_resizing")
+    code = ("import sys, json; sys.path.insert(0, '.')\n"
+            "from invoke import Program\nimport tasks\n"
+            f"Program(namespace=tasks.ns).run(['invoke', 'check', '--model', {str(quantized.quantized_model)!r}, "
+            f"'--keras-model', {str(paths['model'])!r}, '--json', '--no-interpreter'], exit=False)\n"
+            "assert 'tensorflow' not in sys.modules, 'check imported TensorFlow'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    keras = read_keras_layers(paths["model"])
+    ops = read_model(quantized.quantized_model).main.operators
+    for target in ("edgetpu", "tflm"):
+        rows = doc[target]["ops"]
+        assert len(rows) == len(ops)
+        for row in rows:
+            assert row["keras_layer"] in keras.layers, row
+            assert row["layer_class"] == keras.layers[row["keras_layer"]].class_name
+    by_op = {o["op"]: o["layer_class"] for o in doc["tflm"]["ops"]}
+    assert by_op["RESIZE_BILINEAR"] == "Resizing" and by_op["CONV_2D"] == "Conv2D"
+    assert by_op["FULLY_CONNECTED"] == "Dense"
+    assert doc["keras_model"] == str(paths["model"])
+    table = io.StringIO()
+    show(check_table(check(quantized.quantized_model, keras_model=paths["model"], run_interpreter=False)), stream=table)
+    rows = [line.split() for line in table.getvalue().splitlines() if line.strip()[:1].isdigit()]
+    assert [(int(r[0]), r[1]) for r in rows] == [(op.index, op.op) for op in ops]
+    assert all(r[2] == o["keras_layer"] and r[3] == f"({o['layer_class']})" for r, o in zip(rows, doc["tflm"]["ops"]))
+    resize = next(o for o in doc["edgetpu"]["ops"] if o["op"] == "RESIZE_BILINEAR")
+    assert not resize["mapped"]
+    assert f"op {resize['index']} RESIZE_BILINEAR (layer `{resize['keras_layer']}`, Resizing): " in table.getvalue()
 
 
 def test_strict_exit_codes(demo_int8, tmp_path):

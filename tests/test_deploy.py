@@ -33,7 +33,7 @@ def statuses(result):
 def test_demo_deploy_all_targets(deployed):
     out, result = deployed
     assert statuses(result) == {"quantize": "ran", "check": "ran", "compile": "no compiler", "firmware": "ran",
-                                "verify": "ran"}
+                                "verify": "ran", "diagnose": "not applicable"}
     assert result.deployable and result.reasons == []
     d = out / "demo"
     for f in ("model_int8.tflite", "report.json", "report.md", "edgetpu_partition.svg", "firmware/model_data.cc"):
@@ -59,7 +59,8 @@ def test_second_run_skips_every_stage(deployed):
     out, _ = deployed
     again = deploy(DeployRequest(out=out))
     assert statuses(again) == {"quantize": "skipped", "check": "skipped", "compile": "no compiler",
-                               "firmware": "skipped", "verify": "skipped"}
+                               "firmware": "skipped", "verify": "skipped",
+                               "diagnose": "not applicable"}
     assert again.deployable
 
 
@@ -91,10 +92,12 @@ def test_each_target(deployed):
     out, _ = deployed
     edgetpu = deploy(DeployRequest(out=out, target="edgetpu"))
     assert statuses(edgetpu) == {"quantize": "skipped", "check": "ran", "compile": "no compiler",
-                                 "firmware": "not applicable", "verify": "skipped"}
+                                 "firmware": "not applicable", "verify": "skipped",
+                                 "diagnose": "not applicable"}
     tflm = deploy(DeployRequest(out=out, target="tflm", board="arduino-nano-33-ble-sense"))
     assert statuses(tflm) == {"quantize": "skipped", "check": "ran", "compile": "not applicable",
-                              "firmware": "ran", "verify": "skipped"}
+                              "firmware": "ran", "verify": "skipped",
+                              "diagnose": "not applicable"}
     report = json.loads((out / "demo" / "report.json").read_text())
     assert report["check"]["board"]["board"] == "arduino-nano-33-ble-sense"
 
@@ -196,3 +199,44 @@ def test_installed_command_reads_invoke_yaml_from_the_project(deployed, tmp_path
     proc = subprocess.run([exe, "deploy"], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert "target edgetpu" in proc.stdout and "firmware  not applicable" in proc.stdout
+
+
+def test_invoke_deploy_diagnose_end_to_end(deployed):
+    """`invoke deploy --diagnose` on the demo: the diagnose stage runs after verify, its section
+    lists every op with its (confirmed) Keras layer, report.md shows it with the plot; without
+    the option the stage is not applicable and the report says the diagnosis is an earlier one;
+    unchanged inputs skip it."""
+    import re
+    import xml.dom.minidom
+
+    from pipeline.tflite_model import read_model
+
+    out, _ = deployed
+    proc = subprocess.run(invoke_cmd() + ["deploy", "--diagnose", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^diagnose\s+ran\b", proc.stdout, re.MULTILINE) and re.search(r"^  diagnose\s+worst ", proc.stdout, re.MULTILINE)
+    d = out / "demo"
+    report = json.loads((d / "report.json").read_text())
+    assert report["deploy"]["stages"]["diagnose"] == {"status": "done", "note": ""}
+    assert all(c["passed"] for c in report["verify"]["checks"])
+    g = report["diagnose"]
+    ops = read_model(d / "model_int8.tflite").main.operators
+    assert [(r["op_index"], r["op"]) for r in g["layers"]] == [(op.index, op.op) for op in ops]
+    for row in g["layers"]:
+        assert {"op_index", "op", "keras_layer", "rmse_over_scale", "snr_db", "cosine", "clipped_fraction"} <= set(row)
+        assert row["keras_layer"] and row["layer_class"]
+    assert g["keras_model"].endswith(".keras") and g["ran_because"] == []
+    assert g["runtimes_compared"] == ["litert", "tflm"] and "first_divergence" in g
+    assert g["recommendations_measured"] is False and "--recommend" in g["recommendations_note"]
+    md = (d / "report.md").read_text()
+    assert "## Layer-level diagnosis" in md and "(diagnose_layers.svg)" in md and "earlier run" not in md
+    svg = (d / "diagnose_layers.svg").read_text()
+    xml.dom.minidom.parseString(svg)
+    assert svg.count("<rect") == len(ops)
+    again = deploy(DeployRequest(out=out, diagnose=True))
+    assert statuses(again)["diagnose"] == "skipped"
+    plain = deploy(DeployRequest(out=out))
+    run = plain.stage("diagnose")
+    assert run.status == "not applicable" and "every verify check passed" in run.note
+    assert "This diagnosis is from an earlier run" in (d / "report.md").read_text()

@@ -85,33 +85,50 @@ def _preserved_by_name(path, x_real, resolver):
     return details, {k: np.stack(v) for k, v in values.items() if v}
 
 
+_REFERENCE: dict[str, dict[int, dict]] = {}
+
+
+def _numpy_reference(case) -> dict[int, dict]:
+    """Per op index, the diagnosis's numbers computed here with numpy from the tensors LiteRT
+    preserved (once per model: the task test reuses them)."""
+    key = str(case["int8"])
+    if key not in _REFERENCE:
+        x = next(iter(case["samples"].inputs.values()))
+        q_details, q = _preserved_by_name(case["int8"], x, "BUILTIN_REF")
+        _, f = _preserved_by_name(case["float"], x, "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+        model = read_model(case["int8"])
+        out = {}
+        for op in model.main.operators:
+            name = model.main.tensors[op.outputs[0]].name
+            params = q_details[name]["quantization_parameters"]
+            scale, zp = float(params["scales"][0]), int(params["zero_points"][0])
+            deq = (q[name].astype(np.float64) - zp) * scale
+            ref = f[name].astype(np.float64)
+            err = deq - ref
+            lo, hi = scale * (-128 - zp), scale * (127 - zp)
+            out[op.index] = {
+                "rmse_over_scale": np.sqrt(np.mean(err ** 2)) / scale,
+                "snr_db": 20 * np.log10(np.linalg.norm(ref) / np.linalg.norm(err)),
+                "cosine": np.sum(ref * deq) / (np.linalg.norm(ref) * np.linalg.norm(deq)),
+                "clipped_fraction": ((ref < lo - scale / 2) | (ref > hi + scale / 2)).mean(),
+                "float_range": (ref.min(), ref.max()), "calibrated_range": (lo, hi)}
+        _REFERENCE[key] = out
+    return _REFERENCE[key]
+
+
 def test_per_layer_numbers_match_numpy_on_preserved_tensors(case):
     result = diagnose(case["int8"], case["float"], case["samples"], runtimes=None)
-    x = next(iter(case["samples"].inputs.values()))
-    q_details, q = _preserved_by_name(case["int8"], x, "BUILTIN_REF")
-    _, f = _preserved_by_name(case["float"], x, "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
-    model = read_model(case["int8"])
-    checked = 0
+    reference = _numpy_reference(case)
     for e in result.layers:
-        name = model.main.tensors[model.main.operators[e.op_index].outputs[0]].name
-        params = q_details[name]["quantization_parameters"]
-        scale, zp = float(params["scales"][0]), int(params["zero_points"][0])
-        deq = (q[name].astype(np.float64) - zp) * scale
-        ref = f[name].astype(np.float64)
-        err = deq - ref
-        assert e.error.rmse_over_scale == pytest.approx(np.sqrt(np.mean(err ** 2)) / scale, rel=1e-6)
-        assert e.error.snr_db == pytest.approx(
-            20 * np.log10(np.linalg.norm(ref) / np.linalg.norm(err)), rel=1e-6)
-        assert e.error.cosine == pytest.approx(
-            np.sum(ref * deq) / (np.linalg.norm(ref) * np.linalg.norm(deq)), rel=1e-9)
-        lo, hi = scale * (-128 - zp), scale * (127 - zp)
-        outside = (ref < lo - scale / 2) | (ref > hi + scale / 2)
-        assert e.error.clipped_fraction == pytest.approx(outside.mean(), abs=1e-12)
-        assert e.error.float_range == pytest.approx((ref.min(), ref.max()))
-        assert e.error.calibrated_range == pytest.approx((lo, hi))
+        want = reference[e.op_index]
+        assert e.error.rmse_over_scale == pytest.approx(want["rmse_over_scale"], rel=1e-6)
+        assert e.error.snr_db == pytest.approx(want["snr_db"], rel=1e-6)
+        assert e.error.cosine == pytest.approx(want["cosine"], rel=1e-9)
+        assert e.error.clipped_fraction == pytest.approx(want["clipped_fraction"], abs=1e-12)
+        assert e.error.float_range == pytest.approx(want["float_range"])
+        assert e.error.calibrated_range == pytest.approx(want["calibrated_range"])
         assert e.twin.rule == TWIN_BY_NAME
-        checked += 1
-    assert checked == len(model.main.operators)
+    assert len(result.layers) == len(reference) == len(read_model(case["int8"]).main.operators)
 
 
 def test_report_section_has_the_contract_keys_and_is_strict_json(demo_case):
@@ -139,22 +156,6 @@ def test_corrupted_weight_becomes_the_worst_layer(case, tmp_path):
     # the layers before it are untouched
     for a, b in zip(clean.layers[:case["corrupt_op"]], result.layers):
         assert a.error.snr_db == b.error.snr_db
-
-
-def test_first_divergence_litert_vs_tflm_names_the_corrupted_op(case, tmp_path):
-    """A corrupted file changes every runtime alike; TFLM gets the corrupted copy, as a device
-    flashed with another image would, and LiteRT the real model."""
-    model = read_model(case["int8"])
-    bad = diagnosis_models.corrupt_weights(case["int8"], case["corrupt_op"], tmp_path / "bad.tflite")
-    inputs = model_inputs(model, case["samples"])
-    litert = op_outputs(model, capture_tensors(case["int8"], inputs, "litert-ref"))
-    tflm = op_outputs(model, capture_tensors(bad, inputs, "tflm"))
-    found = first_divergence(litert, tflm, model, tolerance=1, names=("litert-ref", "tflm"))
-    assert found is not None
-    assert (found.op_index, found.keras_layer) == (case["corrupt_op"], case["layer"])
-    assert found.between == ("litert-ref", "tflm") and found.max_lsb > 1
-    assert all(i["identical"] for i in found.inputs)
-    assert found.kernel["op"] == "CONV_2D" and found.kernel["tflm_resolver_method"] == "AddConv2D"
 
 
 def test_litert_reference_kernels_and_tflm_agree(case):
@@ -264,9 +265,7 @@ def test_float_model_of_another_export_is_a_clear_error(demo_case, out_root):
 
 # --- recommendations ---------------------------------------------------------------------------
 
-def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, run_quantize):
-    from pipeline.runtime.litert import LiteRTModel
-
+def test_recommendations_are_measured_and_ranked(demo_case, out_root):
     specs = _specs(read_model(demo_case["float"]))
     calibration = demo.split_samples("calibration", specs)
     evaluation = demo.split_samples("test", specs)
@@ -291,13 +290,6 @@ def test_recommendations_are_measured_and_one_is_rechecked(demo_case, out_root, 
     assert report.remedies[-1].targets == ("tflm",)
     int16 = next(r for r in report.remedies if r.name == "int16x8")
     assert int16.targets == TARGETS_INT16X8
-    # rerun the int16x8 option through the real quantize stage and measure it independently
-    rerun = run_quantize(name="demo_int16x8_8", mode="int16x8", samples=used)
-    f = LiteRTModel(demo_case["float"].read_bytes(), delegates=False).run(evaluation)[0]
-    q = LiteRTModel(rerun.quantized_model.read_bytes(), delegates=False).run(evaluation)[0]
-    snr = 10 * np.log10(np.sum(f.astype(np.float64) ** 2) / np.sum((q - f).astype(np.float64) ** 2))
-    assert int16.measured.output_snr_db == pytest.approx(snr, abs=1e-6)
-    assert int16.measured.accuracy == pytest.approx(float(np.mean(q.argmax(1) == evaluation.labels)))
     # more calibration samples than 8 measurably help this model
     all_samples = next(r for r in report.remedies if r.name.startswith("calibration: all"))
     assert all_samples.gain(report.baseline)["output_snr_db"] > 3
@@ -324,3 +316,174 @@ def test_uint8_io_model_matches_through_its_edge_quantize_ops(demo_case, run_qua
     assert [e.op for e in inner] == [e.op for e in int8.layers]
     for a, b in zip(inner, int8.layers):
         assert a.error.snr_db == pytest.approx(b.error.snr_db, abs=1e-9)
+
+
+# --- through the task, the stage and the report ------------------------------------------------
+
+def _pipeline_copy(case, dest_root):
+    """The model's output folder (both models, its report, the tool's marker) copied, so the
+    task records into a report of its own and the session's folders stay as they are."""
+    import shutil
+
+    from pipeline.fileio import OUTPUT_MARKER
+
+    src = case["int8"].parent
+    dest = dest_root / src.name
+    dest.mkdir()
+    for name in (case["int8"].name, case["float"].name, "report.json", OUTPUT_MARKER):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+    return dest / case["int8"].name
+
+
+def _samples_file(case, path):
+    np.savez(path, **case["samples"].inputs)
+    return path
+
+
+def test_invoke_diagnose_lists_every_op_with_its_layer_and_error(case, tmp_path):
+    """As a user runs it: the table names every op's Keras layer, report.json holds numbers
+    that numpy reproduces from LiteRT's preserved tensors, and the plot is written."""
+    import subprocess
+    import xml.dom.minidom
+
+    from conftest import ROOT, invoke_cmd
+
+    model = _pipeline_copy(case, tmp_path)
+    data = _samples_file(case, tmp_path / "samples.npz")
+    count = case["samples"].count
+    proc = subprocess.run(invoke_cmd() + ["diagnose", "--model", str(model), "--data", str(data),
+                                          "--samples", str(count), "--keras-model", str(case["keras"]),
+                                          "--strict"],
+                          cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    section = json.loads((model.parent / "report.json").read_text())["diagnose"]
+    # --strict: exit 1 exactly when LiteRT and TFLM (the pair verify compares) part ways
+    assert proc.returncode == (1 if section["first_divergence"] else 0), proc.stderr
+    ops = read_model(model).main.operators
+    assert section["samples"] == count and [r["op_index"] for r in section["layers"]] == [op.index for op in ops]
+    reference = _numpy_reference(case)
+    table = [line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(table) == len(ops)
+    for row, line in zip(section["layers"], table):
+        assert row["keras_layer"] and row["layer_class"]  # confirmed, or a confirmed layer's neighbour
+        assert row["layer_match"] in ("confirmed by the Keras model", "graph neighbour")
+        assert line.split()[:3] == [str(row["op_index"]), row["op"], row["keras_layer"]]
+        want = reference[row["op_index"]]
+        assert row["rmse_over_scale"] == pytest.approx(want["rmse_over_scale"], abs=1e-4, rel=1e-5)
+        assert row["snr_db"] == pytest.approx(want["snr_db"], abs=1e-3)
+        assert row["cosine"] == pytest.approx(want["cosine"], abs=1e-6)
+        assert row["clipped_fraction"] == pytest.approx(want["clipped_fraction"], abs=1e-6)
+    assert section["worst_layers"] and "worst 1" in proc.stdout
+    assert all(w["label"] in proc.stdout for w in section["worst_layers"])
+    svg = (model.parent / "diagnose_layers.svg").read_text()
+    xml.dom.minidom.parseString(svg)
+    assert svg.count("<rect") == len(ops)  # every op here has a float twin and a finite SNR
+    assert "![Per-layer error" in (model.parent / "report.md").read_text()
+    if case["layer"] == "block_5_project":
+        # LiteRT's optimized kernels and TFLM's reference ones first differ at the first 1x1
+        # projection, by one step, on identical inputs (ai-edge-litert 2.x, tflite-micro 2026)
+        d = section["first_divergence"]
+        assert d["between"] == ["litert", "tflm"]
+        assert (d["op_index"], d["keras_layer"], d["max_lsb"]) == (2, "expanded_conv_project", 1.0)
+        assert d["inputs_identical"] is True
+
+
+def test_injected_fault_is_the_first_divergence_through_the_stage(case, tmp_path, monkeypatch):
+    """TFLM is given a copy of the model with one layer's weights corrupted (a device flashed
+    with another image), LiteRT the real one: the stage names exactly that op and layer, with
+    identical inputs and its TFLM kernel, in report.json and report.md."""
+    from pipeline.deploy import DeployRequest, job_for_model, run_stage
+    from pipeline.stages import diagnose as stage
+    from pipeline.stages.base import DiagnoseOptions
+
+    model = _pipeline_copy(case, tmp_path)
+    bad = diagnosis_models.corrupt_weights(model, case["corrupt_op"], tmp_path / "flashed.tflite")
+    real_capture = stage.capture_tensors
+
+    def capture(path, inputs, runtime, *args, **kwargs):
+        return real_capture(bad if runtime == "tflm" else path, inputs, runtime, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "capture_tensors", capture)
+    options = DiagnoseOptions(samples=case["samples"].count, runtimes=("litert-ref", "tflm"), tolerance_lsb=1)
+    request = DeployRequest(data=str(_samples_file(case, tmp_path / "samples.npz")), diagnose=True,
+                            keras_model=str(case["keras"]), diagnose_options=options)
+    result = run_stage("diagnose", job_for_model(model, request))
+    found = json.loads((model.parent / "report.json").read_text())["diagnose"]["first_divergence"]
+    assert found == result.first_divergence.to_json()
+    assert {"between", "op_index", "op", "keras_layer", "max_lsb"} <= set(found)
+    assert (found["op_index"], found["op"], found["keras_layer"]) == (case["corrupt_op"], "CONV_2D", case["layer"])
+    assert found["between"] == ["litert-ref", "tflm"] and found["max_lsb"] > 1
+    assert found["inputs_identical"] is True and found["kernel"]["tflm_resolver_method"] == "AddConv2D"
+    assert f"First divergence litert-ref vs tflm: op {case['corrupt_op']} CONV_2D (layer `{case['layer']}`, Conv2D)" \
+        in (model.parent / "report.md").read_text()
+    # the float-vs-int8 part measures the real model: the corrupted layer is not its worst
+    assert all(w["op_index"] != case["corrupt_op"] or w["excess_db"] < 10 for w in result.worst)
+
+
+def test_diagnose_task_refuses_bad_input_with_one_line(demo_int8, tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import ROOT, invoke_cmd
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy2(demo_int8.quantized_model, lone / "model_int8.tflite")
+    runs = {
+        "no float model": (["--model", str(lone / "model_int8.tflite"), "--data", "x.npz"], "model_float.tflite"),
+        "runtimes": (["--model", str(demo_int8.quantized_model), "--runtimes", "litert,gpu"], "--runtimes"),
+        "samples": (["--model", str(demo_int8.quantized_model), "--samples", "0"], "--samples"),
+        "keras model": (["--model", str(demo_int8.quantized_model), "--keras-model", str(lone / "model_int8.tflite")],
+                        "--keras-model"),
+    }
+    for what, (args, named) in runs.items():
+        proc = subprocess.run(invoke_cmd() + ["diagnose", *args], cwd=ROOT, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=300, check=False)
+        assert proc.returncode == 2, (what, proc.stderr)
+        assert "Traceback" not in proc.stderr and named in proc.stderr, (what, proc.stderr)
+    assert sorted(p.name for p in lone.iterdir()) == ["model_int8.tflite"]  # nothing written
+
+
+def test_accuracy_loss_in_deploy_measures_remedies_and_one_is_rerun(out_root, run_quantize, tmp_path_factory):
+    """A model that loses ~10 accuracy points in int8 (one hidden unit 200x the others): verify
+    fails, deploy diagnoses on its own, measures the remedies into the report, and the int16x8
+    one, rerun through the real quantize stage, gives the accuracy the report says."""
+    from pipeline import demo
+    from pipeline.deploy import DeployRequest, deploy
+    from pipeline.runtime.litert import LiteRTModel
+
+    work = tmp_path_factory.mktemp("outlier")
+    keras_path = diagnosis_models.build_outlier_model(work / "outlier.keras")
+    split = demo.digits_split()
+    cal, ev = work / "cal.npz", work / "eval.npz"
+    np.savez(cal, image=split.x_calibration, y=split.y_calibration)
+    np.savez(ev, image=split.x_test, y=split.y_test)
+    used = 50
+    result = deploy(DeployRequest(model=str(keras_path), data=str(cal), eval_data=str(ev), samples=used,
+                                  out=work, target="tflm"))
+    run = result.stage("diagnose")
+    assert run.status == "ran" and "verify check(s) failed" in run.note
+    assert not result.deployable and all(r.startswith("verify: ") for r in result.reasons)
+    report = json.loads((work / "outlier" / "report.json").read_text())
+    g = report["diagnose"]
+    assert any("accuracy drop" in reason for reason in g["ran_because"])
+    assert {w["keras_layer"] for w in g["worst_layers"]} >= {"probs"}
+    assert g["recommendations_measured"] is True
+    measured = {r["option"]: r for r in g["recommendations"] if r["kind"] == "measured"}
+    assert set(measured) == {"int16x8", "per-tensor weights", "calibration: all 200 samples",
+                             "calibration: other 50 samples", "float layer: probs"}
+    assert measured["int16x8"]["targets"] == ["tflm"] and measured["float layer: probs"]["targets"] == ["tflm"]
+    assert measured["per-tensor weights"]["targets"] == ["edgetpu", "tflm"]
+    int16 = measured["int16x8"]
+    assert int16["gain"]["accuracy_points"] > 5  # the finer activation steps resolve the small units
+    assert "| int16x8 | tflm | +" in (work / "outlier" / "report.md").read_text()
+    # rerun: the real quantize stage in int16x8 on the same 50 calibration samples, measured here
+    rerun = run_quantize(model=str(keras_path), data=str(cal), samples=used, mode="int16x8", name="outlier_int16x8",
+                         out=work)
+    evaluation = SampleSet({"image": split.x_test[:200]}, split.y_test[:200], "rerun")
+    f = LiteRTModel((work / "outlier" / "model_float.tflite").read_bytes(), delegates=False).run(evaluation)[0]
+    q = LiteRTModel(rerun.quantized_model.read_bytes(), delegates=False).run(evaluation)[0]
+    snr = 10 * np.log10(np.sum(f.astype(np.float64) ** 2) / np.sum((q - f).astype(np.float64) ** 2))
+    assert int16["measured"]["accuracy"] == pytest.approx(float(np.mean(q.argmax(1) == evaluation.labels)), abs=1e-4)
+    assert int16["measured"]["output_snr_db"] == pytest.approx(snr, abs=1e-3)

@@ -235,3 +235,18 @@ def test_layer_norm_gelu_and_lambda_ops_name_their_layers(out_root):
     assert map_layers(model)[-1].match == MATCH_WEIGHT_NAME
     live = _live_classes(keras_path, safe_mode=False)
     assert all(r.layer_class == live[r.keras_layer] for r in mapped)
+
+
+def test_a_tf1_scope_beside_the_model_root_is_a_layer_of_its_own():
+    """TF1 graphs (Coral's DeepLab): `aspp0/BatchNorm_Fold` sits beside `MobilenetV2/...`;
+    `aspp0` is the layer, not the TF op scope under it."""
+    mb = ModelBuilder()
+    x = mb.tensor("input", (1, 4), scale=0.1)
+    h = mb.tensor("MobilenetV2/Conv/Relu6;MobilenetV2/Conv/add_fold", (1, 4), scale=0.1)
+    y = mb.tensor("aspp0/Relu;aspp0/BatchNorm_Fold/add", (1, 4), scale=0.1)
+    z = mb.tensor("MobilenetV2/Logits/Relu", (1, 4), scale=0.1)
+    mb.op("RELU", [x], [h])
+    mb.op("RELU", [h], [y])
+    mb.op("RELU", [y], [z])
+    layers = map_layers(parse_model(mb.build(inputs=[x], outputs=[z])))
+    assert [r.keras_layer for r in layers] == ["Conv", "aspp0", "Logits"]

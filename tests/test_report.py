@@ -25,13 +25,20 @@ def test_c_ident():
     assert c_ident("") == "m_"
 
 
+def _without_code_spans(md: str) -> str:
+    import re
+
+    return re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", md)
+
+
 def test_a_hand_edited_report_cannot_inject_markdown_html_or_svg(tmp_path):
     """Every string of report.json may be hostile: it must not add HTML, links, table cells or
     lines to report.md, nor markup to the partition SVG."""
     from pipeline.templating import render
 
     evil = 'x</td><script>alert(1)</script>|![t](http://e.vil/p.png)\n# heading\\'
-    op = {"index": 0, "op": evil, "mapped": False, "status": evil, "fix": evil}
+    op = {"index": 0, "op": evil, "mapped": False, "status": evil, "fix": evil, "keras_layer": evil + "`",
+          "layer_class": evil}
     report = {"model": evil, "generated_by": "edge-deploy test",
               "quantize": {"mode": "int8", "deployable_to": ["tflm"], "source_model": evil,
                            "files": {"float": {"path": evil, "bytes": 1}, "quantized": {"path": evil, "bytes": 1}},
@@ -48,12 +55,74 @@ def test_a_hand_edited_report_cannot_inject_markdown_html_or_svg(tmp_path):
     md = render("report.md.j2", report=report)
     import re
 
-    assert "<script>" not in md and "</td>" not in md and not re.search(r"(?<!\\)\]\(", md)
+    prose = _without_code_spans(md)  # inside a code span, `<script>` is text
+    assert "<script>" not in prose and "</td>" not in prose and not re.search(r"(?<!\\)\]\(", prose)
     assert "\n# heading" not in md
     rows = [line for line in md.splitlines() if line.startswith("| 0 |")]
-    assert len(rows) == 1 and rows[0].count(" | ") == 3, rows  # the op row keeps its 4 cells
+    assert len(rows) == 1 and rows[0].count(" | ") == 4, rows  # the op row keeps its 5 cells
     svg = render("edgetpu_partition.svg.j2", ops=[op], name=evil)
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     import xml.dom.minidom
 
     xml.dom.minidom.parseString(svg)  # still well-formed XML
+
+
+def _diagnosis_section(evil: str) -> dict:
+    def row(i, snr, excess, cosine=0.99, layer=None):
+        return {"op_index": i, "op": "CONV_2D", "keras_layer": layer if layer is not None else f"{evil}{i}",
+                "layer_class": evil, "layer_match": "tensor name", "float_twin": "tensor name" if cosine else evil,
+                "rmse_over_scale": 0.3 if cosine else None, "snr_db": snr, "snr_drop_db": 1.0,
+                "excess_db": excess, "cosine": cosine, "clipped_fraction": 0.01 if cosine else None}
+
+    layers = [row(0, 43.25, -0.3), row(1, None, None), row(2, None, None, cosine=None, layer=""),
+              row(3, -4.5, 30.1), row(4, 12.0, None)]
+    worst = [{"op_index": 3, "op": "CONV_2D", "keras_layer": evil, "label": f"op 3 CONV_2D (layer `{evil}`)",
+              "snr_db": -4.5, "excess_db": 30.1, "why": evil}]
+    return {"samples": 8, "source": evil, "quantized_model": evil, "float_model": evil, "keras_model": evil,
+            "ran_because": [evil], "runtime": "litert-ref", "output_snr_db": 12.0, "layers": layers,
+            "worst_layers": worst, "int16x8": {"output_snr_db": 20.0, "layers": [row(i, 50.0 - i, 0.1) for i in range(5)]},
+            "runtimes_compared": ["litert", "tflm"], "tolerance_lsb": 0, "runtime_error": None,
+            "first_divergence": {"between": ["litert", "tflm"], "op_index": 3, "op": "CONV_2D", "keras_layer": evil,
+                                 "label": f"op 3 CONV_2D (layer `{evil}`)", "kernel": {"tflm_resolver_method": evil},
+                                 "max_lsb": 3.0, "differing_fraction": 0.5, "inputs_identical": True},
+            "recommendations": [{"kind": "measured", "option": evil, "description": evil, "targets": [evil],
+                                 "gain": {"accuracy_points": 1.5, "output_snr_db": 2.0}, "error": None,
+                                 "evaluated_on": {"samples": 8, "source": evil}},
+                                {"kind": "not measured", "option": evil, "description": evil, "targets": [evil]}],
+            "recommendations_measured": True, "recommendations_note": None}
+
+
+def test_the_diagnosis_plot_is_deterministic_and_well_formed_with_hostile_layer_names(tmp_path):
+    """Layer names come from the model file: markup, quotes, a comment's `--`, CDATA ends and
+    control characters must neither break the SVG nor add markup to it or to report.md."""
+    import re
+    import xml.dom.minidom
+
+    from pipeline.report import DIAGNOSIS_SVG, write_report
+
+    evil = 'x</title><script>alert(1)</script>&amp;"\'--]]>\x01\x1f|`![t](http://e.vil/p.png)\n# heading'
+    svgs, mds = [], []
+    for run in ("a", "b"):
+        folder = tmp_path / run
+        folder.mkdir()
+        write_report(folder, "m--" + evil, {"diagnose": _diagnosis_section(evil)})
+        svgs.append((folder / DIAGNOSIS_SVG).read_bytes())
+        mds.append((folder / "report.md").read_text())
+    assert svgs[0] == svgs[1] and mds[0] == mds[1]  # no timestamps, no unordered iteration
+    svg = svgs[0].decode()
+    doc = xml.dom.minidom.parseString(svg)  # well-formed: escaped, control characters replaced
+    assert svg.splitlines()[1].startswith("<!-- generated by edge-deploy") and svg.count("-->") == 1
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "\x01" not in svg
+    titles = [t.firstChild.data for t in doc.getElementsByTagName("title")]
+    assert any(t.startswith("op 3 CONV_2D (layer `x</title><script>") for t in titles)  # the text survives
+    # op 1 exact (full bar), op 2 without a float twin (a dot), op 3 below zero, int16x8 as a line
+    assert len(doc.getElementsByTagName("rect")) == 4 and len(doc.getElementsByTagName("circle")) == 1
+    assert len(doc.getElementsByTagName("polyline")) == 1
+    worst = [r for r in doc.getElementsByTagName("rect") if r.getAttribute("fill") == "#d23f31"]
+    assert len(worst) == 1 and "op 3 " in worst[0].getElementsByTagName("title")[0].firstChild.data
+    md = mds[0]
+    prose = _without_code_spans(md).replace("](diagnose_layers.svg)", "")  # the plot's own link
+    assert "<script>" not in prose and not re.search(r"(?<!\\)\]\(", prose) and "\n# heading" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| 3 | CONV_2D |")]
+    assert [r.count(" | ") for r in rows] == [5, 7], rows  # worst-layer row and per-op row keep their cells
+    assert "(diagnose_layers.svg)" in md

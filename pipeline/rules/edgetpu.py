@@ -39,10 +39,12 @@ class OpVerdict:
     mapped: bool
     status: str
     fix: str | None = None
+    keras_layer: str | None = None  # the layer it came from (`pipeline.layers`), set by check
+    layer_class: str | None = None  # its class, when a Keras model confirmed it
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "op": self.op, "mapped": self.mapped, "status": self.status,
-                "fix": self.fix}
+                "fix": self.fix, "keras_layer": self.keras_layer, "layer_class": self.layer_class}
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,13 @@ class TFLMOpVerdict:
     supported: bool
     resolver_method: str | None
     reason: str
+    keras_layer: str | None = None  # the layer it came from (`pipeline.layers`), set by check
+    layer_class: str | None = None  # its class, when a Keras model confirmed it
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "op": self.op, "supported": self.supported,
-                "resolver_method": self.resolver_method, "reason": self.reason}
+                "resolver_method": self.resolver_method, "reason": self.reason,
+                "keras_layer": self.keras_layer, "layer_class": self.layer_class}
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from .base import Stage
 from .check import STAGE as CHECK
 from .compile import STAGE as COMPILE
+from .diagnose import STAGE as DIAGNOSE
 from .firmware import STAGE as FIRMWARE
 from .hil import STAGE as HIL
 from .quantize import STAGE as QUANTIZE
 from .verify import STAGE as VERIFY
 
-REGISTRY: dict[str, Stage] = {s.name: s for s in (QUANTIZE, CHECK, COMPILE, FIRMWARE, VERIFY, HIL)}
+REGISTRY: dict[str, Stage] = {s.name: s for s in (QUANTIZE, CHECK, COMPILE, FIRMWARE, VERIFY, DIAGNOSE, HIL)}

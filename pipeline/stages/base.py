@@ -28,6 +28,19 @@ def fact_tables() -> dict[str, str | None]:
 
 
 @dataclass(frozen=True)
+class DiagnoseOptions:
+    """What `invoke diagnose` (and `invoke deploy --diagnose`) take beyond the samples."""
+
+    samples: int = 32  # per-layer error pools every value of every sample: a few dozen suffice
+    int16_model: Path | None = None  # an int16x8 model to diagnose beside the int8 one
+    recommend: bool = False  # measure remedies (re-runs the converter: slow)
+    runtimes: tuple[str, str] | None = ("litert", "tflm")  # the pair verify's LiteRT-vs-TFLM check compares
+    tolerance_lsb: float | None = None  # None: verify's max_lsb_litert_vs_tflm
+    calibration_data: str | None = None  # --recommend: the samples quantize calibrated on
+    worst: int = 3
+
+
+@dataclass(frozen=True)
 class DeployRequest:
     """Every option a stage takes, with the defaults the tasks document: `invoke deploy` passes
     them all, a single-stage task the ones it has."""
@@ -58,6 +71,9 @@ class DeployRequest:
     verify_samples: int = 200
     hil_timeout_s: float = 5.0
     hil_retries: int = 2
+    keras_model: str | None = None  # confirms layer names (check, diagnose); deploy: --model
+    diagnose: bool = False  # deploy: diagnose even when every verify check passed
+    diagnose_options: DiagnoseOptions = field(default_factory=DiagnoseOptions)
 
     def targets(self, target: str) -> bool:
         return self.target in (target, "all")
@@ -77,6 +93,23 @@ class Job:
     @property
     def model(self) -> Path:
         return self.model_path or self.out_dir / quantized_file_name(self.request.mode)
+
+
+def keras_model_of(job: Job) -> Path | None:
+    """The Keras model that confirms layer names: --keras-model, else the deploy's --model when
+    it is a .keras/.h5 file (read, never loaded), else the demo's trained model when it exists."""
+    r = job.request
+    if r.keras_model:
+        return Path(r.keras_model)
+    if job.model_path is not None:  # a task on an existing .tflite: only --keras-model says
+        return None
+    if r.model == "demo":
+        from .. import demo
+
+        path = demo.cached_model_path(r.out / ".cache")
+        return path if path.is_file() else None
+    path = Path(r.model)
+    return path if path.suffix in (".keras", ".h5", ".hdf5") and path.is_file() else None
 
 
 def _always(job: Job) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from .. import TOOL_NAME, __version__
 from ..errors import NotDeployableError, PipelineError
 from ..fileio import ensure_replaceable, replacing_owned_dir
+from ..layers import map_layers
 from ..runtime.edgetpu import edgetpu_device_status, run_on_device
 from ..cache import content_hash
 from ..model import CompileOptions
@@ -483,7 +484,7 @@ def _read_back(result: CompileResult, parsed: CompilerOutput, staging: Path, sou
             "mapped_ops": (block.total_ops - len(cpu_left)) if block.total_ops is not None else None})
     if len(parsed.blocks) == 1:
         result.comparison = compare_with_prediction(parsed.blocks[0], predicted)
-    result.explanations = explain(parsed, predicted)
+    result.explanations = explain(parsed, predicted, map_layers(source_model))
 
 
 def compare_with_prediction(block: ModelBlock, predicted) -> list[dict[str, Any]]:
@@ -511,7 +512,9 @@ def compare_with_prediction(block: ModelBlock, predicted) -> list[dict[str, Any]
     return out
 
 
-def explain(parsed: CompilerOutput, predicted) -> list[str]:
+def explain(parsed: CompilerOutput, predicted, layers=None) -> list[str]:
+    """One line per op kind the compiler left on the CPU: why, what to do, and the Keras
+    layers those ops came from (`layers`: `pipeline.layers.map_layers` of the source model)."""
     lines = []
     cut = predicted.cut_at
     for block in parsed.blocks:
@@ -522,8 +525,31 @@ def explain(parsed: CompilerOutput, predicted) -> list[str]:
             where = ""
             if row.status.startswith("More than one subgraph") and cut is not None:
                 where = f" (the graph is cut at op {cut}: everything fed by it runs on the CPU)"
-            lines.append(f"{row.count} x {row.op}: {row.status}{where} -> {fix}")
+            lines.append(f"{row.count} x {row.op}: {row.status}{where} -> {fix}"
+                         f"{_row_layers(row, predicted, layers)}")
     return lines
+
+
+_LAYERS_NAMED = 4  # a compiler row may stand for dozens of ops: name a few of their layers
+
+
+def _row_layers(row: OpRow, predicted, layers) -> str:
+    """`; layers `leaky_1`, `leaky_2` and 9 more`: the compiler's log counts ops per kind and
+    status, so its row is matched to the predicted CPU ops of that kind (the same status
+    first), whose layers the converter's tensor names give."""
+    if not layers:
+        return ""
+    by_index = {layer.op_index: layer for layer in layers}
+    same = [v for v in predicted.ops if ("CUSTOM" if v.op.startswith("CUSTOM:") else v.op) == row.op]
+    picked = [v for v in same if not v.mapped and v.status == row.status] or \
+        [v for v in same if not v.mapped] or same
+    names = list(dict.fromkeys(by_index[v.index].keras_layer for v in picked
+                               if v.index in by_index and by_index[v.index].keras_layer))
+    if not names:
+        return ""
+    shown = ", ".join(f"`{n}`" for n in names[:_LAYERS_NAMED])
+    more = f" and {len(names) - _LAYERS_NAMED} more" if len(names) > _LAYERS_NAMED else ""
+    return f"; layer{'s' if len(names) > 1 else ''} {shown}{more}"
 
 
 def _summary(result: CompileResult) -> str:

@@ -44,11 +44,15 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import content_hash
 from ..data import SampleSet
 from ..errors import PipelineError
 from ..layers import KerasModelLayers, OpLayer, map_layers
+from ..model import TensorSpec
 from ..runtime.tensor_capture import RUNTIMES, TensorValues, capture_tensors, op_outputs
 from ..tflite_model import Tensor, TFLiteModel, read_model
+from ..versions import package_version
+from .base import Job, Stage, keras_model_of
 
 VALUE_PRESERVING_OPS = {"QUANTIZE", "DEQUANTIZE"}
 TWIN_BY_NAME = "tensor name"
@@ -428,17 +432,24 @@ class Diagnosis:
     recommendations: list[dict[str, Any]] = field(default_factory=list)
     unmatched_ops: list[int] = field(default_factory=list)
     runtime_error: str | None = None  # why the runtime comparison could not run
+    keras_model: str | None = None  # the Keras model that confirmed the layer names
+    ran_because: list[str] = field(default_factory=list)  # deploy: the verify checks that failed
+    recommendations_measured: bool = False
+    recommendations_note: str | None = None  # why they were not measured
 
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.samples, "source": self.source,
                 "quantized_model": self.quantized_model, "float_model": self.float_model,
+                "keras_model": self.keras_model, "ran_because": self.ran_because,
                 "runtime": self.runtime, "output_snr_db": _db(self.output_snr_db),
                 "layers": [e.to_json() for e in self.layers], "worst_layers": self.worst,
                 "unmatched_ops": self.unmatched_ops, "int16x8": self.int16x8,
                 "runtimes_compared": list(self.runtimes_compared),
                 "tolerance_lsb": self.tolerance_lsb, "runtime_error": self.runtime_error,
                 "first_divergence": self.first_divergence.to_json() if self.first_divergence else None,
-                "recommendations": self.recommendations}
+                "recommendations": self.recommendations,
+                "recommendations_measured": self.recommendations_measured,
+                "recommendations_note": self.recommendations_note}
 
 
 def quantization_errors(quant_path: Path, float_path: Path, samples: SampleSet, *,
@@ -485,7 +496,8 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
                                             runtime=reference_runtime)
     diagnosis = Diagnosis(
         samples=samples.count, source=samples.source, quantized_model=str(quant_path),
-        float_model=str(float_path), runtime=reference_runtime, layers=errors,
+        float_model=str(float_path), keras_model=keras.source if keras else None,
+        runtime=reference_runtime, layers=errors,
         worst=worst_layers(errors, worst), output_snr_db=output_snr(errors, quant),
         unmatched_ops=[e.op_index for e in errors if e.twin.float_tensor is None])
     if int16_path is not None:
@@ -513,3 +525,162 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
                                                       tolerance=tolerance_lsb, names=(a, b),
                                                       layers=layers)
     return diagnosis
+
+
+# --- registry entry ----------------------------------------------------------------------------
+#
+# `invoke deploy` diagnoses when a verify check failed (or with --diagnose): which layer loses
+# the accuracy, and where LiteRT and TFLM part ways. Verify's result is read through its
+# `checks` only ({check, passed, detail}): a failed check that names the float model or
+# accuracy is a quantization loss, which is worth measuring remedies for.
+
+FLOAT_MODEL = "model_float.tflite"  # what `invoke quantize` writes beside the int8 model
+_QUANTIZATION_LOSS_WORDS = ("accuracy", "float")
+RECOMMEND_SLOW_NOTE = ("not measured: pass --recommend (each option re-runs the TF converter and "
+                       "is measured on the evaluation samples; slow)")
+
+
+def failed_verify_checks(job: Job) -> list[dict[str, Any]]:
+    return [c for c in (job.results.get("verify") or {}).get("checks", []) if not c.get("passed")]
+
+
+def _quantization_loss(checks: list[dict[str, Any]]) -> bool:
+    return any(w in str(c.get("check", "")).lower() for c in checks for w in _QUANTIZATION_LOSS_WORDS)
+
+
+def float_model_of(job: Job) -> Path:
+    return job.model.parent / FLOAT_MODEL
+
+
+def _diagnose_not_applicable(job: Job) -> str | None:
+    if not job.request.diagnose:
+        if "verify" not in job.results:
+            return "verify did not run"
+        if not failed_verify_checks(job):
+            return "every verify check passed; --diagnose diagnoses anyway"
+    if not float_model_of(job).is_file():
+        return f"no {FLOAT_MODEL} beside {job.model.name}: the per-layer error needs the float model"
+    return None
+
+
+def _measures_remedies(job: Job) -> bool:
+    return job.request.diagnose_options.recommend or _quantization_loss(failed_verify_checks(job))
+
+
+def _sample_spec(job: Job) -> str | None:
+    r = job.request
+    return r.eval_data or r.data
+
+
+def _input_specs(float_path: Path) -> list[TensorSpec]:
+    model = read_model(float_path)
+    return [TensorSpec.from_tensor(t, n) for t, n in zip(model.main.input_tensors(), model.input_names())]
+
+
+def _load(job: Job, spec: str | None, part: str, limit: int | None, option: str) -> SampleSet:
+    """Samples from `spec`, else the demo's `part` split for the demo's model."""
+    from .. import demo
+    from ..data import load_samples
+
+    inputs = _input_specs(float_model_of(job))
+    if spec:
+        return load_samples(spec, inputs, limit=limit, option=option)
+    if demo.is_demo_model(job.model, [t.sample_shape for t in inputs]):
+        return demo.split_samples(part, inputs, limit=limit, option=option)
+    raise PipelineError("no samples to diagnose with", path=job.model, field=option,
+                        fix="pass --data samples.npz (labels as 'y' for accuracy)")
+
+
+def _tolerance(job: Job) -> float:
+    o = job.request.diagnose_options
+    return o.tolerance_lsb if o.tolerance_lsb is not None else job.request.thresholds.max_lsb_litert_vs_tflm
+
+
+def _remedy_source(job: Job) -> str:
+    """The model the remedies re-convert: deploy's --model; for a task, the demo or
+    --keras-model."""
+    r = job.request
+    if job.model_path is None or r.model == "demo":
+        return r.model
+    if r.keras_model:
+        return r.keras_model
+    raise PipelineError("--recommend re-converts the Keras model, and none was given", path=job.model,
+                        field="--keras-model", fix="pass the .keras/.h5 file the model was quantized from")
+
+
+def _calibration(job: Job) -> tuple[SampleSet, int]:
+    """The samples quantize calibrated on (all of them: one remedy uses more), and how many it
+    used."""
+    r = job.request
+    if job.model_path is None:
+        return _load(job, r.data, "calibration", None, "--data"), r.samples
+    earlier = (job.results.get("quantize") or {}).get("calibration") or {}
+    spec = r.diagnose_options.calibration_data
+    if spec is None and earlier.get("source") and Path(str(earlier["source"])).exists():
+        spec = str(earlier["source"])
+    samples = _load(job, spec, "calibration", None, "--calibration-data")
+    return samples, int(earlier.get("samples") or min(samples.count, 200))
+
+
+def _io_type(model_path: Path) -> str:
+    dtype = read_model(model_path).main.input_tensors()[0].dtype
+    return dtype if dtype in ("int8", "uint8") else "int8"
+
+
+def _diagnose_job(job: Job) -> Diagnosis:
+    from ..recommend import diagnose_recommendations, recommendations
+
+    r, o = job.request, job.request.diagnose_options
+    if not float_model_of(job).is_file():
+        raise PipelineError(f"no {FLOAT_MODEL} beside the model: the per-layer error compares with the "
+                            "float model of the same export", path=float_model_of(job), field="--model",
+                            fix="diagnose the model_int8.tflite in the folder `invoke quantize` wrote")
+    failed = failed_verify_checks(job)
+    samples = _load(job, _sample_spec(job), "test", o.samples, "--data")
+    keras = keras_model_of(job)
+    diagnosis = diagnose(job.model, float_model_of(job), samples, keras=keras, int16_path=o.int16_model,
+                         runtimes=o.runtimes, tolerance_lsb=_tolerance(job), worst=o.worst)
+    diagnosis.ran_because = [f"verify: {c['check']}: {c.get('detail', '')}" for c in failed]
+    if _measures_remedies(job):
+        calibration, used = _calibration(job)
+        evaluation = _load(job, _sample_spec(job), "test", r.verify_samples, "--data")
+        _, diagnosis.recommendations = diagnose_recommendations(
+            diagnosis, _remedy_source(job), calibration, evaluation, calibration_used=used,
+            io_type=_io_type(job.model), cache_dir=r.out / ".cache")
+        diagnosis.recommendations_measured = True
+    else:
+        diagnosis.recommendations = recommendations(diagnosis.worst, None)
+        diagnosis.recommendations_note = RECOMMEND_SLOW_NOTE
+    return diagnosis
+
+
+def _diagnose_key(job: Job) -> dict[str, Any]:
+    from .. import demo
+    from ..layers import TABLE_PATH as LAYER_TABLE
+
+    r, o = job.request, job.request.diagnose_options
+    key = {"model": content_hash(job.model), "float": content_hash(float_model_of(job)),
+           "keras": content_hash(keras_model_of(job)), "data": content_hash(_sample_spec(job)),
+           "samples": o.samples, "int16": content_hash(o.int16_model), "runtimes": o.runtimes,
+           "tolerance": _tolerance(job), "worst": o.worst, "layer_table": content_hash(LAYER_TABLE),
+           "failed_checks": [c.get("check") for c in failed_verify_checks(job)],
+           "tools": [package_version("ai-edge-litert"), package_version("tflite-micro")]}
+    if _measures_remedies(job):
+        source = r.model if job.model_path is None else (r.keras_model or r.model)
+        key["remedies"] = {
+            "source": f"demo-v{demo.DEMO_VERSION}" if source == "demo" else content_hash(source),
+            "calibration": content_hash(r.data if job.model_path is None else o.calibration_data),
+            "used": r.samples, "evaluation": r.verify_samples,
+            "tf": package_version("tensorflow-cpu", "tensorflow")}
+    return key
+
+
+def _diagnose_status(job: Job, result: dict[str, Any]) -> tuple[str, str] | None:
+    because = result.get("ran_because") or []
+    if because:
+        return "ran", f"{len(because)} verify check(s) failed"
+    return None
+
+
+STAGE = Stage("diagnose", run=_diagnose_job, cache_key=_diagnose_key,
+              not_applicable=_diagnose_not_applicable, status=_diagnose_status)
