@@ -79,7 +79,10 @@ def c_float(value) -> Markup:
 
 _MD_SPECIAL = str.maketrans({"\\": "\\\\", "[": "\\[", "]": "\\]", "|": "\\|",
                              "&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_HTML_CODE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"})
+# Inside an inline HTML element Markdown still parses links, code spans and escapes: every
+# character that could start one is an entity too.
+_HTML_CODE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "[": "&#91;", "]": "&#93;",
+                            "`": "&#96;", "\\": "&#92;", "*": "&#42;", "_": "&#95;", "!": "&#33;"})
 
 
 def _one_line(value) -> str:
