@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 # Defaults of every setting a team may want to commit once: overridable in invoke.yaml
 # (pipeline: {target: tflm, board: ...}) and by INVOKE_PIPELINE_<KEY> environment variables.
 DEFAULTS = {"model": "demo", "out": "build", "samples": 200, "data": None, "eval_data": None,
-            "io_type": None, "name": None, "target": "all", "board": None, "compiler": None,
+            "io_type": None, "name": None, "target": "all", "board": None, "board_file": None, "compiler": None,
             "port": None, "baud": 115200}
 
 
@@ -52,6 +52,16 @@ def _float_option(value, option: str, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise Exit(f"error: {option}: expected a number, got '{value}'", code=2) from None
+
+
+def _board(c, board, board_file, *, configured: bool = True):
+    """--board (a preset) or --board-file (your board's TOML); on the command line either one
+    overrides both of invoke.yaml's `board` and `board_file`."""
+    if configured and board is None and board_file is None:
+        board, board_file = _setting(c, "board", None), _setting(c, "board_file", None)
+    from pipeline.boards import resolve_board
+
+    return _run(resolve_board, board, Path(board_file).resolve() if board_file else None)
 
 
 def _run(fn, *args, **kwargs):
@@ -102,6 +112,7 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "out": "output root directory (default build)",
     "target": "edgetpu, tflm or all (default)",
     "board": "board preset for the TFLM fit and the firmware (`invoke boards`)",
+    "board_file": "your own board as a TOML file (fields as in pipeline/boards.toml; README, Boards)",
     "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH; absent: skipped)",
     "port": "a device's serial port (or `invoke emulate`'s): run the golden vectors on it last",
     "baud": "baud rate for --port (default 115200)",
@@ -109,7 +120,8 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "verbose": "debug logging",
 })
 def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None, name=None, out=None,
-           target=None, board=None, compiler=None, port=None, baud=None, force=False, verbose=False):
+           target=None, board=None, board_file=None, compiler=None, port=None, baud=None, force=False,
+           verbose=False):
     """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
@@ -120,7 +132,7 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         eval_data=_setting(c, "eval_data", eval_data), io_type=_setting(c, "io_type", io_type),
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=_setting(c, "name", name),
         out=Path(_setting(c, "out", out)), target=_setting(c, "target", target),
-        board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler),
+        board=_board(c, board, board_file), compiler=_setting(c, "compiler", compiler),
         port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force)
     result = _run(run_deploy, request, on_stage=lambda run: print(stage_line(run), flush=True))
     print()
@@ -133,20 +145,22 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
     "model": "a .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
     "target": "edgetpu, tflm or all (default)",
     "board": "board preset to check flash and RAM against (`invoke boards`)",
+    "board_file": "your own board as a TOML file (instead of --board)",
     "json": "print exactly one JSON object on stdout",
     "strict": "exit 1 when the model is not fully deployable",
     "no_interpreter": "skip the TFLM interpreter run and arena search",
     "out": "output root for the demo (default build)",
 })
-def check(c, model=None, target="all", board=None, json=False, strict=False, no_interpreter=False,
-          out=None):
+def check(c, model=None, target="all", board=None, board_file=None, json=False, strict=False,
+          no_interpreter=False, out=None):
     """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
     import json as json_module
 
     from pipeline.check.run import check as run_check, format_table
 
     _setup_logging(False)
-    result = _run(run_check, _setting(c, "model", model), target=target, board=board,
+    result = _run(run_check, _setting(c, "model", model), target=target,
+                  board=_board(c, board, board_file, configured=False),
                   out=Path(_setting(c, "out", out)), run_interpreter=not no_interpreter)
     print(json_module.dumps(result.to_json()) if json else format_table(result))
     if strict and not result.deployable:
@@ -199,7 +213,8 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
 
 @task(help={
     "model": "an int8 .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
-    "board": "board preset: flash/RAM fit and cross-compile flags (default qemu-mps2-an386)",
+    "board": "board preset: memory map, flash/RAM fit, cross-compile flags (default qemu-mps2-an386)",
+    "board_file": "your own board as a TOML file (fields as in pipeline/boards.toml; README, Boards)",
     "out": "project directory (default: firmware/ next to the model)",
     "vectors": "golden test vectors to embed (default 4)",
     "tolerance": "accepted output difference in quantized steps (default 0: bit-exact)",
@@ -207,43 +222,71 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     "build": "also build and run the self-test: on the host, and cross-compiled (under QEMU when possible)",
     "tflm_tree": "TFLite Micro tree for --build (default $TFLM_TREE)",
 })
-def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, data=None, build=False,
-             tflm_tree=None):
+def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None, tolerance=None, data=None,
+             build=False, tflm_tree=None):
     """Render a TFLite Micro firmware project (CMake) that tests itself at boot."""
+    from pipeline.boards import fit_line
     from pipeline.check.run import resolve_model_path
     from pipeline.firmware import DEFAULT_VECTORS, build_and_verify, generate_firmware, tflm_tree_path
 
     _setup_logging(False)
-    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None)))
-    tree = _run(tflm_tree_path, tflm_tree) if build else None
+    # every path resolved once, here: the builds run tools in other directories
+    path = _run(resolve_model_path, _setting(c, "model", model), Path(_setting(c, "out", None))).resolve()
+    chosen = _board(c, board, board_file)
+    tree = _run(tflm_tree_path, Path(tflm_tree).resolve() if tflm_tree else None) if build else None
     if build and tree is None:
         raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
     tolerance = _int_option(tolerance, "--tolerance") if tolerance else 0
-    result = _run(generate_firmware, path, out=Path(out) if out else None, board=board,
-                  vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS,
-                  tolerance=tolerance, data=data)
+    options = dict(vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS,
+                   tolerance=tolerance, data=data)
+    result = _run(generate_firmware, path, out=Path(out).resolve() if out else None, board=chosen, **options)
     print(f"firmware: {result.output_dir} ({len(result.files)} files)")
     print(f"  resolver  MicroMutableOpResolver<{len(result.resolver_methods)}>: {', '.join(result.resolver_methods)}")
-    print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured + margin)")
+    print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured by {result.arena_source} + margin)")
     print(f"  vectors   {result.vectors} golden vectors, checked at boot")
     if result.board:
-        b = result.board
-        print(f"  board     {b['name']}: flash {b['flash']['headroom_percent']}% free, RAM {b['ram']['headroom_percent']}% free")
+        print(f"  board     {fit_line(result.board)}")
     if not build:
         return result
-    result = _run(build_and_verify, path, result, tree, board=board, vectors=result.vectors,
-                  tolerance=tolerance, data=data)
-    failed = False
+    result = _run(build_and_verify, path, result, tree, board=chosen, **options)
+    failed = broken = False
     for run in result.builds.values():
-        line = run.get("selftest") or run.get("reason") or "built"
-        extra = f", flash {run['flash_bytes']} B" if run.get("flash_bytes") else ""
-        if run.get("smallest_arena_bytes"):
-            extra += f", smallest arena {run['smallest_arena_bytes']} B -> kTensorArenaSize {result.arena_bytes}"
-        print(f"  {run['kind']:<24} {line}{extra}")
+        print(f"  {run['kind']:<28} {_build_line(run)}")
         failed |= bool(run.get("ran")) and not run.get("passed")
+        broken |= "error" in run
+    a = result.arena
+    print(f"  arena     host {a.host_bytes} B ({a.host_source}); board {a.board_bytes} B ({a.board_source})")
+    if result.board:
+        print(f"  board     {fit_line(result.board)}")
     if failed:
         raise Exit("error: the firmware self-test failed (see the lines above)", code=1)
+    if broken:
+        raise Exit("error: --build: a build failed (see the lines above; the host result stands)", code=2)
     return result
+
+
+def _build_line(run: dict) -> str:
+    if "error" in run:
+        return f"BUILD FAILED: {run['error']}"
+    if not run.get("built"):
+        return f"not built: {run.get('reason')}"
+    line = run.get("selftest") or f"built, not run ({run.get('reason')})"
+    if run.get("max_difference") is not None:
+        line += f", max diff {run['max_difference']}"
+    t = run.get("timing") or {}
+    if t.get("measured"):
+        line += f", {sorted(t['per_vector'])[len(t['per_vector']) // 2]} {t['unit']}/inference"
+    elif run.get("ran"):
+        line += ", time not measured"
+    if run.get("smallest_arena_bytes"):
+        line += f", smallest arena {run['smallest_arena_bytes']} B"
+    if run.get("size"):
+        s = run["size"]
+        line += f", text {s['text']} data {s['data']} bss {s['bss']}"
+    if run.get("library"):
+        lib = run["library"]
+        line += f", TFLM library {'cached' if lib['cached'] else 'built'} ({lib['compiled_now']} of {lib['sources']} compiled now)"
+    return line
 
 
 @task(help={

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,9 +220,10 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     try:
         files = _render(staging, context, raw, cortex_m=board_preset.is_cortex_m)
         (staging / MEASUREMENTS_FILE).write_text(json.dumps(
-            {"model_sha256": sha, "board": board_preset.key, "arm_flags": board_preset.arm_flags(),
+            {"generated_by": f"{context['generator']}, do not edit", "model_sha256": sha, "board": board_preset.key, "arm_flags": board_preset.arm_flags(),
              "arena": arena.to_json()}, indent=1, sort_keys=True) + "\n")
         files = sorted([*files, MEASUREMENTS_FILE])
+        _keep_unchanged_mtimes(staging, out_dir, files)
         result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena.board_bytes,
                                 arena_measured=arena.board_measured, arena_source=arena.board_source,
                                 resolver_methods=list(tflm.resolver_methods), vectors=len(names), arena=arena,
@@ -238,6 +240,19 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     if is_pipeline_output(model_path.parent):
         update_report(model_path.parent, model_path.parent.name, "firmware", result.to_json())
     return result
+
+
+def _keep_unchanged_mtimes(staging: Path, previous: Path, files: list[str]) -> None:
+    """A file whose bytes did not change keeps its old modification time, so a build directory
+    made from the previous folder recompiles only what changed (a new arena: arena.cc)."""
+    for rel in files:
+        old, new = previous / rel, staging / rel
+        try:
+            if old.is_file() and old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes():
+                st = old.stat()
+                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError:
+            continue
 
 
 def hil_buffers(inputs: list[dict], outputs: list[dict]) -> dict[str, int]:
@@ -373,6 +388,12 @@ def tflm_tree_path(explicit: str | Path | None):
     from .firmware_build import resolve_tree
 
     return resolve_tree(explicit)
+
+
+def build_and_run(project: Path, tree, build_dir: Path, **options) -> dict[str, Any]:
+    from .firmware_build import build_and_run as run
+
+    return run(project, tree, build_dir, **options)
 
 
 def build_and_verify(model_path: Path, result: FirmwareResult, tree, **options) -> FirmwareResult:

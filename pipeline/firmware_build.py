@@ -357,6 +357,24 @@ def smallest_host_arena(selftest: Path, upper: int) -> int:
     return search_arena(selftest.parent, None, upper, None)[0]
 
 
+def build_and_run(project: Path, tree: TflmTree | str | Path, build_dir: Path, *, cross: Board | None = None,
+                  hil_server: bool = False) -> dict[str, Any]:
+    """Build for the host or cross-compiled for `cross`, then run the self-test: natively, or
+    under QEMU when the board has a QEMU machine and qemu-system-arm is installed. Paths may be
+    relative: they are resolved here, before any tool runs in another directory."""
+    tree = tree if isinstance(tree, TflmTree) else resolve_tree(tree)
+    project, build_dir = Path(project).resolve(), Path(build_dir).resolve()
+    if cross is not None and (missing := _cross_tool_missing(cross)):
+        return {"kind": f"cross:{cross.key}", "built": False, "reason": missing}
+    result = build(project, tree, build_dir, board=cross, hil_server=hil_server)
+    if cross is not None and not (cross.qemu_machine and shutil.which("qemu-system-arm")):
+        result.update(ran=False, reason="no QEMU machine for this board" if not cross.qemu_machine
+                      else "qemu-system-arm not installed")
+        return result
+    result.update(run_selftest(build_dir, cross))
+    return result
+
+
 # --- the whole --build -----------------------------------------------------------------------------
 
 def _cross_tool_missing(board: Board) -> str | None:
@@ -379,12 +397,12 @@ def _measure(project: Path, tree: TflmTree, build_dir: Path, board: Board | None
 
 
 def build_and_verify(model_path: Path, result, tree: TflmTree | str | Path, *, board: str | Board | None = None,
-                     **generate_options):
+                     host: bool = True, **generate_options):
     """Host build and self-test, the smallest host arena; the cross build for the board, run and
     measured under QEMU (on the board's own machine, or a QEMU preset with the same flags); the
     measured arenas written back (model_arena.h), both images rebuilt with them, and the board
     fit taken from the linked image. A failing cross build is recorded next to the host result,
-    never instead of it."""
+    never instead of it. `host=False` skips the host build (its figure stays as it was)."""
     from .boards import fits, raise_if_too_big
     from .check.tflm import ARENA_MARGIN_BYTES, round_arena
     from .firmware import DEFAULT_BOARD, ArenaFigures, generate_firmware
@@ -397,8 +415,9 @@ def build_and_verify(model_path: Path, result, tree: TflmTree | str | Path, *, b
     host_dir = project.parent / "fw-host"
     upper = result.arena.host_bytes if result.arena else result.arena_bytes
     builds: dict[str, Any] = {}
-    host = _measure(project, tree, host_dir, None, upper, search=True)
-    builds["host"] = host
+    host = _measure(project, tree, host_dir, None, upper, search=True) if host else {}
+    if host:
+        builds["host"] = host
 
     cross = None
     missing = _cross_tool_missing(target)
@@ -438,18 +457,19 @@ def build_and_verify(model_path: Path, result, tree: TflmTree | str | Path, *, b
         figures = ArenaFigures(
             host_arena or figures.host_measured,
             "binary search of `selftest --arena N` on the host build" if host_arena else figures.host_source,
-            board_arena or (figures.board_measured if not host_arena else min(figures.board_measured, host_arena)),
+            board_arena or host_arena or figures.board_measured,
             f"binary search of `selftest --arena N` on the {where} build under QEMU" if board_arena
             else "the host build (64-bit: an upper bound for this 32-bit board; not measured on it)"
             if host_arena else figures.board_source)
         changed = (round_arena(figures.host_measured) + ARENA_MARGIN_BYTES != upper
                    or figures.board_bytes != result.arena_bytes)
         result = generate_firmware(model_path, out=project, board=board, arena=figures, **generate_options)
-        if changed:  # only arena.cc recompiles: rebuild and rerun with the figures written down
+        if changed and host:  # only arena.cc recompiles: rebuild and rerun with the figures written down
             final_host = _measure(project, tree, host_dir, None, figures.host_bytes, search=False)
             final_host["smallest_arena_bytes"] = host_arena
             final_host["arena_search_runs"] = host.get("arena_search_runs")
             builds["host"] = final_host
+        if changed:
             if cross and cross.get("built"):
                 cross_dir = Path(cross["build_dir"])
                 try:

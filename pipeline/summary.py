@@ -65,8 +65,9 @@ def deploy_summary(result) -> str:
                      f"  TFLM       {'runs' if t['compatible'] else 'does NOT run'}")
     if c.get("board"):
         b = c["board"]
-        lines.append(f"  board      {b['name']}: flash {b['flash']['headroom_percent']}% free, "
-                     f"RAM {b['ram']['headroom_percent']}% free")
+        from .boards import fit_line
+
+        lines.append(f"  board      {fit_line(b)}")
     if f:
         lines.append(f"  firmware   {out / f['output_dir']}/ ({len(f['files'])} files, arena {f['arena_bytes']} B, "
                      f"{f['test_vectors']} golden vectors)")

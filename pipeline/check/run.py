@@ -127,9 +127,7 @@ def format_table(r: CheckResult) -> str:
                      + (f"; interpreter: {t.interpreter_error}" if t.interpreter_error else "")
                      + (f"; {t.model_problem}" if t.model_problem else ""))
     if r.board:
-        b = r.board
-        lines.append(f"Board    : {b['name']}: flash {b['flash']['needed_bytes']}/{b['flash']['capacity_bytes']} B "
-                     f"({b['flash']['headroom_percent']}% free), RAM {b['ram']['needed_bytes']}/"
-                     f"{b['ram']['capacity_bytes']} B ({b['ram']['headroom_percent']}% free)"
-                     + ("" if b["flash"]["fits"] and b["ram"]["fits"] else "  DOES NOT FIT"))
+        from ..boards import fit_line
+
+        lines.append(f"Board    : {fit_line(r.board)}")
     return "\n".join(lines)
