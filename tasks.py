@@ -239,7 +239,8 @@ def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None,
     tolerance = _int_option(tolerance, "--tolerance") if tolerance else 0
     options = dict(vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS,
                    tolerance=tolerance, data=data)
-    result = _run(generate_firmware, path, out=Path(out).resolve() if out else None, board=chosen, **options)
+    result = _run(generate_firmware, path, out=Path(out).resolve() if out else None, board=chosen,
+                  check_fit=not build, **options)  # with --build, the linked image decides
     print(f"firmware: {result.output_dir} ({len(result.files)} files)")
     print(f"  resolver  MicroMutableOpResolver<{len(result.resolver_methods)}>: {', '.join(result.resolver_methods)}")
     print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured by {result.arena_source} + margin)")
@@ -249,17 +250,20 @@ def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None,
     if not build:
         return result
     result = _run(build_and_verify, path, result, tree, board=chosen, **options)
-    failed = broken = False
+    failed = broken = too_big = False
     for run in result.builds.values():
         print(f"  {run['kind']:<28} {_build_line(run)}")
         failed |= bool(run.get("ran")) and not run.get("passed")
         broken |= "error" in run
+        too_big |= bool(run.get("does_not_fit"))
     a = result.arena
     print(f"  arena     host {a.host_bytes} B ({a.host_source}); board {a.board_bytes} B ({a.board_source})")
     if result.board:
         print(f"  board     {fit_line(result.board)}")
     if failed:
         raise Exit("error: the firmware self-test failed (see the lines above)", code=1)
+    if too_big:
+        raise Exit("error: the image does not fit the board: the linker says by how much (see above)", code=1)
     if broken:
         raise Exit("error: --build: a build failed (see the lines above; the host result stands)", code=2)
     return result

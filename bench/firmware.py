@@ -50,7 +50,7 @@ def _build_all_of_tflm(project: Path, tree: Path, work: Path) -> float:
     for name, extra in (("host", []), ("arm", ["-DCORTEX_M=ON"])):
         build = work / f"scratch-{name}"
         subprocess.run(["cmake", "-S", str(project), "-B", str(build), f"-DTFLM_TREE={tree}", "-DTFLM_ALL_SOURCES=ON",
-                        "-DTFLM_PCH=OFF", *extra], check=True, capture_output=True)
+                        "-DTFLM_PCH=OFF", "-DTFLM_UNITY=OFF", *extra], check=True, capture_output=True)
         subprocess.run(["cmake", "--build", str(build), f"-j{os.cpu_count() or 2}"], check=True, capture_output=True)
     return time.perf_counter() - start
 

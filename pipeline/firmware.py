@@ -166,13 +166,15 @@ class FirmwareResult:
 def generate_firmware(model_path: Path, *, out: Path | None = None, board: str | Board | None = None,
                       vectors: int = DEFAULT_VECTORS, tolerance: int = 0, data: str | None = None,
                       smallest_arena: tuple[int, str] | None = None,
-                      arena: ArenaFigures | None = None) -> FirmwareResult:
+                      arena: ArenaFigures | None = None, check_fit: bool = True) -> FirmwareResult:
     """`arena`: figures a build just measured (firmware_build); `smallest_arena`: (bytes, where
     measured) when a caller measured it in the TFLM Python interpreter (the check stage).
     Otherwise a measurement recorded in the output folder for this model and board is kept
     (a plain `invoke firmware` after a `--build` keeps the measured arena), else the TFLM
     Python interpreter's binary search runs here (an upper bound: its recording allocator lives
-    in the arena too). Either way the golden outputs come from the TFLM interpreter."""
+    in the arena too). Either way the golden outputs come from the TFLM interpreter.
+    `check_fit=False` (a build follows, whose linked image decides) records the estimate
+    without refusing a model it says is too big."""
     board_preset = get_board(board or DEFAULT_BOARD)
     model = read_model(model_path)
     out_dir = out or model_path.parent / "firmware"
@@ -231,7 +233,8 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         if board:
             io = sum(t["bytes"] for t in inputs) + sum(t["elements"] * t["itemsize"] for t in outputs)
             result.board = board_fit(board_preset, model_bytes=len(raw), arena_bytes=arena.board_bytes, io_bytes=io)
-            raise_if_too_big(result.board, board_preset)
+            if check_fit:
+                raise_if_too_big(result.board, board_preset)
         write_manifest(staging, context["generator"])
         replace_owned_dir(staging, out_dir, option="--out", legacy=legacy_firmware_files)
     except BaseException:
