@@ -93,6 +93,16 @@ def _float_option(value, option: str, default: float) -> float:
     return number
 
 
+def _board(c, board, board_file, *, configured: bool = True):
+    """--board (a preset) or --board-file (your board's TOML); on the command line either one
+    overrides both of invoke.yaml's `board` and `board_file`."""
+    if configured and board is None and board_file is None:
+        board, board_file = _setting(c, "board", None), _setting(c, "board_file", None)
+    from pipeline.boards import resolve_board
+
+    return _run(resolve_board, board, _path(board_file) if board_file else None)
+
+
 def _run(fn, *args, **kwargs):
     """Call the library; a PipelineError becomes one line on stderr and its exit code."""
     try:
@@ -153,6 +163,7 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "out": "output root directory (default build)",
     "target": "edgetpu, tflm or all (default)",
     "board": "board preset for the TFLM fit and the firmware (`invoke boards`)",
+    "board_file": "your own board as a TOML file (fields as in pipeline/boards.toml; README, Boards)",
     "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH; absent: skipped)",
     "port": "a device's serial port (or `invoke emulate`'s): run the golden vectors on it last",
     "baud": "baud rate for --port (default 115200)",
@@ -162,8 +173,8 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "verbose": "debug logging",
 })
 def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None, name=None, out=None,
-           target=None, board=None, compiler=None, port=None, baud=None, force=False, diagnose=False,
-           recommend=False, verbose=False):
+           target=None, board=None, board_file=None, compiler=None, port=None, baud=None, force=False,
+           diagnose=False, recommend=False, verbose=False):
     """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
@@ -175,7 +186,7 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         eval_data=_setting(c, "eval_data", eval_data), io_type=_setting(c, "io_type", io_type),
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=_setting(c, "name", name),
         out=_path(_setting(c, "out", out)), target=_setting(c, "target", target),
-        board=_setting(c, "board", board), compiler=_setting(c, "compiler", compiler),
+        board=_board(c, board, board_file), compiler=_setting(c, "compiler", compiler),
         port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force,
         diagnose=diagnose, diagnose_options=DiagnoseOptions(recommend=recommend))
     result = _run(run_deploy, request, on_stage=lambda run: show(stage_line(run)))
@@ -189,14 +200,15 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
     "model": "a .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
     "target": "edgetpu, tflm or all (default)",
     "board": "board preset to check flash and RAM against (`invoke boards`)",
+    "board_file": "your own board as a TOML file (instead of --board)",
     "json": "print exactly one JSON object on stdout",
     "strict": "exit 1 when the model is not fully deployable",
     "no_interpreter": "skip the TFLM interpreter run and arena search",
     "keras_model": "the .keras/.h5 the model came from: confirms each op's layer (read, never loaded)",
     "out": "output root for the demo (default build)",
 })
-def check(c, model=None, target="all", board=None, json=False, strict=False, no_interpreter=False,
-          keras_model=None, out=None):
+def check(c, model=None, target="all", board=None, board_file=None, json=False, strict=False,
+          no_interpreter=False, keras_model=None, out=None):
     """Operator compatibility for the Edge TPU and TFLM, the predicted partition and board fit."""
     import json as json_module
 
@@ -205,7 +217,8 @@ def check(c, model=None, target="all", board=None, json=False, strict=False, no_
 
     _setup_logging(False)
     root = _path(_setting(c, "out", out))
-    request = DeployRequest(target=target, board=board, run_interpreter=not no_interpreter,
+    request = DeployRequest(target=target, board=_board(c, board, board_file, configured=False),
+                            run_interpreter=not no_interpreter,
                             keras_model=_keras_model(_setting(c, "model", model), keras_model, root))
     _run(validate_request, request)  # before the demo would be quantized for nothing
     path = _run(resolve_model, _setting(c, "model", model), root)
@@ -266,7 +279,8 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
 
 @task(help={
     "model": "an int8 .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
-    "board": "board preset: flash/RAM fit and cross-compile flags (default qemu-mps2-an386)",
+    "board": "board preset: memory map, flash/RAM fit, cross-compile flags (default qemu-mps2-an386)",
+    "board_file": "your own board as a TOML file (fields as in pipeline/boards.toml; README, Boards)",
     "out": "project directory (default: firmware/ next to the model)",
     "vectors": "golden test vectors to embed (default 4)",
     "tolerance": "accepted output difference in quantized steps (default 0: bit-exact)",
@@ -274,43 +288,55 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     "build": "also build and run the self-test: on the host, and cross-compiled (under QEMU when possible)",
     "tflm_tree": "TFLite Micro tree for --build (default $TFLM_TREE)",
 })
-def firmware(c, model=None, board=None, out=None, vectors=None, tolerance=None, data=None, build=False,
-             tflm_tree=None):
+def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None, tolerance=None, data=None,
+             build=False, tflm_tree=None):
     """Render a TFLite Micro firmware project (CMake) that tests itself at boot."""
+    from pipeline.boards import fit_line
     from pipeline.deploy import DeployRequest, job_for_model, record, resolve_model, run_stage
     from pipeline.stages.firmware import DEFAULT_VECTORS, build_and_verify, firmware_options, tflm_tree_path
 
     _setup_logging(False)
     path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
-    tree = _run(tflm_tree_path, tflm_tree) if build else None
+    chosen = _board(c, board, board_file)
+    tree = _run(tflm_tree_path, _path(tflm_tree) if tflm_tree else None) if build else None
     if build and tree is None:
         raise Exit("error: --build: no TFLite Micro tree (fix: pass --tflm-tree DIR or set TFLM_TREE)", code=2)
-    tolerance = _int_option(tolerance, "--tolerance") if tolerance else 0
-    request = DeployRequest(board=board, firmware_out=_path(out) if out else None, tolerance=tolerance, data=data,
-                            vectors=_int_option(vectors, "--vectors") if vectors else DEFAULT_VECTORS)
+    tolerance = _int_option(tolerance, "--tolerance") if tolerance is not None else 0
+    request = DeployRequest(board=chosen, firmware_out=_path(out) if out else None, tolerance=tolerance, data=data,
+                            vectors=_int_option(vectors, "--vectors") if vectors is not None else DEFAULT_VECTORS,
+                            firmware_build=build)  # with --build, the linked image decides the fit
     job = job_for_model(path, request, borrow=("quantize",))
     result = _run(run_stage, "firmware", job)
     print(f"firmware: {result.output_dir} ({len(result.files)} files)")
     print(f"  resolver  MicroMutableOpResolver<{len(result.resolver_methods)}>: {', '.join(result.resolver_methods)}")
-    print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured + margin)")
+    print(f"  arena     {result.arena_bytes} B ({result.arena_measured} B measured by {result.arena_source} + margin)")
     print(f"  vectors   {result.vectors} golden vectors, checked at boot")
     if result.board:
-        b = result.board
-        print(f"  board     {b['name']}: flash {b['flash']['headroom_percent']}% free, RAM {b['ram']['headroom_percent']}% free")
+        print(f"  board     {fit_line(result.board)}")
     if not build:
         return result
+    from pipeline.console import build_line
+    from pipeline.stages.firmware_build import raise_if_the_image_does_not_fit
+
     result = _run(build_and_verify, path, result, tree, **firmware_options(job))
     record(job, "firmware", result)
-    failed = False
+    failed = broken = too_big = False
     for run in result.builds.values():
-        line = run.get("selftest") or run.get("reason") or "built"
-        extra = f", flash {run['flash_bytes']} B" if run.get("flash_bytes") else ""
-        if run.get("smallest_arena_bytes"):
-            extra += f", smallest arena {run['smallest_arena_bytes']} B -> kTensorArenaSize {result.arena_bytes}"
-        print(f"  {run['kind']:<24} {line}{extra}")
+        print(f"  {run['kind']:<28} {build_line(run)}")
         failed |= bool(run.get("ran")) and not run.get("passed")
+        broken |= "error" in run
+        too_big |= bool(run.get("does_not_fit"))
+    a = result.arena
+    print(f"  arena     host {a.host_bytes} B ({a.host_source}); board {a.board_bytes} B ({a.board_source})")
+    if result.board:
+        print(f"  board     {fit_line(result.board)}")
     if failed:
         raise Exit("error: the firmware self-test failed (see the lines above)", code=1)
+    _run(raise_if_the_image_does_not_fit, result, chosen)
+    if too_big:
+        raise Exit("error: the image does not fit the board: the linker says by how much (see above)", code=1)
+    if broken:
+        raise Exit("error: --build: a build failed (see the lines above; the host result stands)", code=2)
     return result
 
 

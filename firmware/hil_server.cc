@@ -1,20 +1,36 @@
 // edge-deploy firmware skeleton: device side of the HIL serial protocol (docs/protocol.md).
 // Frame: A5 5A | type | seq | u32 length | payload | u32 CRC-32 of type..payload (little-endian).
+// Each request type is one handler in kHandlers: a new request is a new function and a line.
 #include "hil_server.h"
 
 #include <cstring>
 
 #include "board/board.h"
+#include "model_settings.h"
 
 namespace {
 
 constexpr uint8_t kInfo = 0x01, kRun = 0x02, kInfoOk = 0x81, kRunOk = 0x82, kError = 0xFF;
 constexpr uint16_t kErrCrc = 1, kErrUnknown = 2, kErrLength = 3, kErrInvoke = 4, kErrTooLarge = 5;
-constexpr uint32_t kMaxPayload = 1u << 20;
+constexpr uint32_t kHeader = 8, kCrc = 4;  // magic + type + seq + length; CRC-32
 
-// Request payloads are received here; replies are assembled in place after the header.
-uint8_t g_rx[kMaxPayload + 16];
-uint8_t g_tx[kMaxPayload + 16];
+// Sized from this model's inputs and outputs (model_settings.h), not a fixed megabyte: a
+// request is received after its 2 magic bytes (6 header bytes + payload + CRC); a reply is
+// assembled in place after its header.
+uint8_t g_rx[6 + model::kHilMaxRequestPayload + kCrc];
+uint8_t g_tx[kHeader + model::kHilMaxReplyPayload + kCrc];
+
+struct Request {
+  uint8_t seq;
+  const uint8_t* payload;
+  uint32_t length;
+};
+
+struct Server {
+  const char* info;
+  uint32_t input_bytes;
+  HilRunFn run;
+};
 
 void PutU32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -25,23 +41,59 @@ uint32_t GetU32(const uint8_t* p) {
          static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
 }
 
-void Send(uint8_t type, uint8_t seq, uint32_t len) {  // payload already at g_tx + 8
+uint8_t* ReplyPayload() { return g_tx + kHeader; }
+
+void Send(uint8_t type, uint8_t seq, uint32_t len) {  // payload already at ReplyPayload()
   g_tx[0] = 0xA5;
   g_tx[1] = 0x5A;
   g_tx[2] = type;
   g_tx[3] = seq;
   PutU32(g_tx + 4, len);
-  PutU32(g_tx + 8 + len, hil_crc32(g_tx + 2, 6 + len));
-  board_write(g_tx, 12 + len);
+  PutU32(g_tx + kHeader + len, hil_crc32(g_tx + 2, 6 + len));
+  board_write(g_tx, kHeader + len + kCrc);
 }
 
 void SendError(uint8_t seq, uint16_t code, const char* message) {
-  const uint32_t n = static_cast<uint32_t>(std::strlen(message));
-  g_tx[8] = static_cast<uint8_t>(code);
-  g_tx[9] = static_cast<uint8_t>(code >> 8);
-  std::memcpy(g_tx + 10, message, n);
+  uint32_t n = static_cast<uint32_t>(std::strlen(message));
+  if (n > model::kHilMaxReplyPayload - 2) n = model::kHilMaxReplyPayload - 2;
+  ReplyPayload()[0] = static_cast<uint8_t>(code);
+  ReplyPayload()[1] = static_cast<uint8_t>(code >> 8);
+  std::memcpy(ReplyPayload() + 2, message, n);
   Send(kError, seq, 2 + n);
 }
+
+void HandleInfo(const Server& server, const Request& request) {
+  uint32_t n = static_cast<uint32_t>(std::strlen(server.info));
+  if (n > model::kHilMaxReplyPayload) n = model::kHilMaxReplyPayload;
+  std::memcpy(ReplyPayload(), server.info, n);
+  Send(kInfoOk, request.seq, n);
+}
+
+void HandleRun(const Server& server, const Request& request) {
+  if (request.length != server.input_bytes) {
+    SendError(request.seq, kErrLength, "RUN payload is not the model's input size");
+    return;
+  }
+  uint32_t out_len = 0;
+  HilTiming timing = {0, 0};
+  uint8_t* out = ReplyPayload() + 8;
+  if (server.run(request.payload, request.length, out, model::kHilMaxReplyPayload - 8, &out_len, &timing) != 0) {
+    SendError(request.seq, kErrInvoke, "invoke failed");
+    return;
+  }
+  PutU32(ReplyPayload(), timing.cycles);
+  PutU32(ReplyPayload() + 4, timing.micros);
+  Send(kRunOk, request.seq, 8 + out_len);
+}
+
+struct Handler {
+  uint8_t type;
+  void (*handle)(const Server&, const Request&);
+};
+constexpr Handler kHandlers[] = {
+    {kInfo, HandleInfo},
+    {kRun, HandleRun},
+};
 
 // Reads exactly n bytes; false when the link closed.
 bool ReadExactly(uint8_t* dst, uint32_t n) {
@@ -49,6 +101,14 @@ bool ReadExactly(uint8_t* dst, uint32_t n) {
     const int c = board_read_byte();
     if (c < 0) return false;
     dst[i] = static_cast<uint8_t>(c);
+  }
+  return true;
+}
+
+// Skips a payload too large for the receive buffer (and its CRC), so the link stays in step.
+bool Skip(uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) {
+    if (board_read_byte() < 0) return false;
   }
   return true;
 }
@@ -64,7 +124,8 @@ uint32_t hil_crc32(const uint8_t* data, uint32_t len, uint32_t crc) {
   return ~crc;
 }
 
-void hil_serve(const char* info, uint32_t input_bytes, uint32_t output_bytes, HilRunFn run) {
+void hil_serve(const char* info, uint32_t input_bytes, HilRunFn run) {
+  const Server server = {info, input_bytes, run};
   for (;;) {
     // resynchronise on the magic
     int c = board_read_byte();
@@ -73,40 +134,32 @@ void hil_serve(const char* info, uint32_t input_bytes, uint32_t output_bytes, Hi
     c = board_read_byte();
     if (c < 0) return;
     if (c != 0x5A) continue;
-    uint8_t header[6];
-    if (!ReadExactly(header, 6)) return;
-    const uint8_t type = header[0], seq = header[1];
-    const uint32_t len = GetU32(header + 2);
-    if (len > kMaxPayload) {
-      SendError(seq, kErrTooLarge, "payload too large");
+    if (!ReadExactly(g_rx, 6)) return;
+    const uint8_t type = g_rx[0], seq = g_rx[1];
+    const uint32_t len = GetU32(g_rx + 2);
+    if (len > model::kHilMaxRequestPayload) {
+      if (len > (1u << 20)) {  // the protocol's limit: a damaged length, nothing to skip
+        SendError(seq, kErrTooLarge, "payload too large");
+        continue;
+      }
+      if (!Skip(len + kCrc)) return;
+      SendError(seq, kErrTooLarge, "payload too large for this model's buffers");
       continue;
     }
-    std::memcpy(g_rx, header, 6);
-    if (!ReadExactly(g_rx + 6, len + 4)) return;
+    if (!ReadExactly(g_rx + 6, len + kCrc)) return;
     if (hil_crc32(g_rx, 6 + len) != GetU32(g_rx + 6 + len)) {
       SendError(seq, kErrCrc, "bad CRC");
       continue;
     }
-    const uint8_t* payload = g_rx + 6;
-    if (type == kInfo) {
-      const uint32_t n = static_cast<uint32_t>(std::strlen(info));
-      std::memcpy(g_tx + 8, info, n);
-      Send(kInfoOk, seq, n);
-    } else if (type == kRun) {
-      if (len != input_bytes) {
-        SendError(seq, kErrLength, "RUN payload is not the model's input size");
-        continue;
+    const Request request = {seq, g_rx + 6, len};
+    bool handled = false;
+    for (const Handler& h : kHandlers) {
+      if (h.type == type) {
+        h.handle(server, request);
+        handled = true;
+        break;
       }
-      uint32_t out_len = 0, micros = 0;
-      if (run(payload, len, g_tx + 16, output_bytes, &out_len, &micros) != 0) {
-        SendError(seq, kErrInvoke, "invoke failed");
-        continue;
-      }
-      PutU32(g_tx + 8, 0);  // cycles: not measured by this skeleton
-      PutU32(g_tx + 12, micros);
-      Send(kRunOk, seq, 8 + out_len);
-    } else {
-      SendError(seq, kErrUnknown, "unknown command");
     }
+    if (!handled) SendError(seq, kErrUnknown, "unknown command");
   }
 }

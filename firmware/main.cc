@@ -6,7 +6,9 @@
 // host. Prints one line per vector and "SELFTEST PASS n/n" or "SELFTEST FAIL k/n" (k failed).
 // Then, for hardware-in-the-loop runs, serve the HIL protocol (docs/protocol.md): on the host
 // with `selftest --serve` (stdin/stdout are the link; no self-test text), on a board when built
-// with -DEDGE_DEPLOY_HIL_SERVER (the board's UART is the link).
+// with -DEDGE_DEPLOY_HIL_SERVER (the board's UART is the link). Each vector's line says how
+// long it took: core cycles where the board counts them, microseconds on the host, "not
+// measured" otherwise (never 0).
 
 #include <cstdint>
 #include <cstdio>
@@ -14,17 +16,33 @@
 #include <cstring>
 
 #include "board/board.h"
+#if defined(EDGE_DEPLOY_HIL_SERVER) || defined(EDGE_DEPLOY_HIL_STDIO)
 #include "hil_server.h"
+#define EDGE_DEPLOY_HIL 1
+#endif
 #include "model_data.h"
 #include "model_ops.h"
 #include "model_settings.h"
 #include "test_vectors.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/schema/schema_generated.h"
+#if __has_include("tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h")
+// a tree made for TARGET=cortex_m_generic prints TFLM's messages only through a callback
+#include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
+#define EDGE_DEPLOY_DEBUG_LOG_CALLBACK 1
+#endif
+
+// arena.cc: sized by model_arena.h
+extern uint8_t g_tensor_arena[];
+extern const size_t g_tensor_arena_size;
 
 namespace {
 
-alignas(16) uint8_t tensor_arena[model::kTensorArenaSize];
+// What one inference took; 0 in a field: not measured
+struct Timing {
+  unsigned long long cycles = 0;
+  unsigned long long micros = 0;
+};
 
 // Largest absolute difference between an output tensor and its expected values.
 long MaxDifference(const TfLiteTensor* tensor, const void* expected, int elements, int* first_index) {
@@ -64,8 +82,21 @@ long MaxDifference(const TfLiteTensor* tensor, const void* expected, int element
 
 tflite::MicroInterpreter* g_interpreter = nullptr;
 
+// One inference, timed with what the board has (cycles, microseconds, or neither).
+bool TimedInvoke(Timing* timing) {
+  const unsigned long long c0 = board_cycles(), t0 = board_micros();
+  const bool ok = g_interpreter->Invoke() == kTfLiteOk;
+  const unsigned long long c1 = board_cycles(), t1 = board_micros();
+  timing->cycles = board_counts_cycles() ? c1 - c0 : 0;
+  timing->micros = board_measures_time() ? t1 - t0 : 0;
+  return ok;
+}
+
+#ifdef EDGE_DEPLOY_HIL
+uint32_t Clamp32(unsigned long long v) { return v > 0xFFFFFFFFull ? 0xFFFFFFFFu : static_cast<uint32_t>(v); }
+
 int RunOnce(const uint8_t* in, uint32_t in_len, uint8_t* out, uint32_t out_cap, uint32_t* out_len,
-            uint32_t* micros) {
+            HilTiming* timing) {
   uint32_t offset = 0;
   for (int i = 0; i < model::kNumInputs; ++i) {
     TfLiteTensor* input = g_interpreter->input(i);
@@ -73,9 +104,11 @@ int RunOnce(const uint8_t* in, uint32_t in_len, uint8_t* out, uint32_t out_cap, 
     std::memcpy(input->data.raw, in + offset, input->bytes);
     offset += static_cast<uint32_t>(input->bytes);
   }
-  const unsigned long start = board_micros();
-  if (g_interpreter->Invoke() != kTfLiteOk) return 1;
-  *micros = static_cast<uint32_t>(board_micros() - start);
+  Timing measured;
+  if (!TimedInvoke(&measured)) return 1;
+  // 0 means "not measured"; a real measurement of 0 is reported as 1
+  timing->cycles = measured.cycles ? Clamp32(measured.cycles) : (board_counts_cycles() ? 1 : 0);
+  timing->micros = measured.micros ? Clamp32(measured.micros) : (board_measures_time() ? 1 : 0);
   *out_len = 0;
   for (int o = 0; o < model::kNumOutputs; ++o) {
     const TfLiteTensor* output = g_interpreter->output(o);
@@ -87,24 +120,35 @@ int RunOnce(const uint8_t* in, uint32_t in_len, uint8_t* out, uint32_t out_cap, 
 }
 
 void Serve(size_t arena_size) {
-  static char info[512];
-  uint32_t input_bytes = 0, output_bytes = 0;
+  static char info[768];
+  uint32_t input_bytes = 0;
   for (int i = 0; i < model::kNumInputs; ++i) input_bytes += g_interpreter->input(i)->bytes;
-  for (int o = 0; o < model::kNumOutputs; ++o) output_bytes += g_interpreter->output(o)->bytes;
   std::snprintf(info, sizeof(info),
-                "model_sha256=%s\nmodel_bytes=%u\narena_bytes=%u\nboard=%s\nfirmware=%s\nprotocol=1\n",
+                "model_sha256=%s\nmodel_bytes=%u\narena_bytes=%u\nboard=%s\nfirmware=%s\nprotocol=1\n"
+                "timer=%s\n",
                 MODEL_DATA_SHA256, g_model_data_len, static_cast<unsigned>(arena_size), board_name(),
-                MODEL_FIRMWARE_GENERATOR);
-  hil_serve(info, input_bytes, output_bytes, RunOnce);
+                MODEL_FIRMWARE_GENERATOR,
+                board_counts_cycles() ? "cycles" : (board_measures_time() ? "microseconds" : "none"));
+  hil_serve(info, input_bytes, RunOnce);
 }
+#endif
+
+#ifdef EDGE_DEPLOY_DEBUG_LOG_CALLBACK
+void PrintDebugLog(const char* s) { std::fputs(s, stdout); }
+#endif
 
 }  // namespace
 
 int main(int argc, char** argv) {
   board_init();
-  size_t arena_size = model::kTensorArenaSize;
-  // Host builds accept "--arena N" (N <= the compiled size) to probe the smallest arena, and
-  // "--serve" to answer HIL requests on stdin/stdout instead of running the self-test.
+#ifdef EDGE_DEPLOY_DEBUG_LOG_CALLBACK
+  RegisterDebugLogCallback(PrintDebugLog);
+#endif
+  argc = board_arguments(argc, &argv);
+  size_t arena_size = g_tensor_arena_size;
+  // "--arena N" (N <= the compiled size) probes the smallest arena (on a board: through the
+  // semihosting command line, e.g. QEMU's -semihosting-config arg=...); the host build's
+  // "--serve" answers HIL requests on stdin/stdout instead of running the self-test.
   const bool serve_only = argc == 2 && std::strcmp(argv[1], "--serve") == 0;
   if (argc == 3 && std::strcmp(argv[1], "--arena") == 0) {
     const unsigned long asked = std::strtoul(argv[2], nullptr, 10);
@@ -122,7 +166,7 @@ int main(int argc, char** argv) {
     std::printf("SELFTEST FAIL: op registration failed\n");
     return board_exit(2);
   }
-  static tflite::MicroInterpreter interpreter(tfl_model, resolver, tensor_arena, arena_size);
+  static tflite::MicroInterpreter interpreter(tfl_model, resolver, g_tensor_arena, arena_size);
   if (interpreter.AllocateTensors() != kTfLiteOk) {
     std::printf("SELFTEST FAIL: AllocateTensors failed with a %u-byte arena\n",
                 static_cast<unsigned>(arena_size));
@@ -130,10 +174,16 @@ int main(int argc, char** argv) {
   }
   g_interpreter = &interpreter;
   if (serve_only) {
+#ifdef EDGE_DEPLOY_HIL
     Serve(arena_size);
     return board_exit(0);
+#else
+    std::printf("--serve: this build has no HIL server (build with -DHIL_SERVER=ON)\n");
+    return board_exit(2);
+#endif
   }
-  std::printf("model %s: %u bytes, sha256 %s\n", model::kModelName, g_model_data_len, MODEL_DATA_SHA256);
+  std::printf("model %s: %u bytes, sha256 %s, on %s\n", model::kModelName, g_model_data_len,
+              MODEL_DATA_SHA256, board_name());
   std::printf("arena: %u of %u bytes used\n", static_cast<unsigned>(interpreter.arena_used_bytes()),
               static_cast<unsigned>(arena_size));
 
@@ -143,7 +193,8 @@ int main(int argc, char** argv) {
       TfLiteTensor* input = interpreter.input(i);
       std::memcpy(input->data.raw, model::kTestInputs[v][i], model::kInputBytes[i]);
     }
-    if (interpreter.Invoke() != kTfLiteOk) {
+    Timing timing;
+    if (!TimedInvoke(&timing)) {
       std::printf("vector %d (%s): FAIL invoke error\n", v, model::kTestVectorNames[v]);
       ++failed;
       continue;
@@ -161,7 +212,15 @@ int main(int argc, char** argv) {
       }
       if (diff > worst) worst = diff;
     }
-    if (ok) std::printf("vector %d (%s): PASS max diff %ld\n", v, model::kTestVectorNames[v], worst);
+    char took[48];
+    if (board_counts_cycles()) {
+      std::snprintf(took, sizeof(took), "%llu cycles", timing.cycles);
+    } else if (board_measures_time()) {
+      std::snprintf(took, sizeof(took), "%llu us", timing.micros);
+    } else {
+      std::snprintf(took, sizeof(took), "time not measured");
+    }
+    if (ok) std::printf("vector %d (%s): PASS max diff %ld, %s\n", v, model::kTestVectorNames[v], worst, took);
     if (!ok) ++failed;
   }
   if (failed) {
@@ -169,7 +228,7 @@ int main(int argc, char** argv) {
   } else {
     std::printf("SELFTEST PASS %d/%d\n", model::kNumTestVectors, model::kNumTestVectors);
   }
-#ifdef EDGE_DEPLOY_HIL_SERVER
+#if defined(EDGE_DEPLOY_HIL_SERVER) && defined(EDGE_DEPLOY_HIL)
   std::printf("HIL: serving on %s\n", board_name());
   std::fflush(stdout);
   Serve(arena_size);

@@ -388,3 +388,28 @@ def diagnose_summary(section: dict[str, Any]) -> Table:
                       style="bold" if row["op_index"] in worst_ops else None)
     whole.add_row(table)
     return whole
+
+
+def build_line(run: dict) -> str:
+    """One firmware build of `invoke firmware --build`: what ran, its timing, arena, size, library."""
+    if "error" in run:
+        return f"BUILD FAILED: {run['error']}"
+    if not run.get("built"):
+        return f"not built: {run.get('reason')}"
+    line = run.get("selftest") or f"built, not run ({run.get('reason')})"
+    if run.get("max_difference") is not None:
+        line += f", max diff {run['max_difference']}"
+    t = run.get("timing") or {}
+    if t.get("measured"):
+        line += f", {sorted(t['per_vector'])[len(t['per_vector']) // 2]} {t['unit']}/inference"
+    elif run.get("ran"):
+        line += ", time not measured"
+    if run.get("smallest_arena_bytes"):
+        line += f", smallest arena {run['smallest_arena_bytes']} B"
+    if run.get("size"):
+        s = run["size"]
+        line += f", text {s['text']} data {s['data']} bss {s['bss']}"
+    if run.get("library"):
+        lib = run["library"]
+        line += f", TFLM library {'cached' if lib['cached'] else 'built'} ({lib['compiled_now']} of {lib['sources']} compiled now)"
+    return line

@@ -22,7 +22,8 @@ from .errors import PipelineError
 SETTINGS: dict[str, tuple[type, Any]] = {
     "model": (str, "demo"), "out": (str, "build"), "samples": (int, 200), "data": (str, None),
     "eval_data": (str, None), "io_type": (str, None), "name": (str, None), "target": (str, "all"),
-    "board": (str, None), "compiler": (str, None), "port": (str, None), "baud": (int, 115200),
+    "board": (str, None), "board_file": (str, None), "compiler": (str, None), "port": (str, None),
+    "baud": (int, 115200),
 }
 ENV_PREFIX = "INVOKE_PIPELINE"
 FIX = "see README.md, 'Configuration, committed once'"

@@ -54,5 +54,33 @@ def demo_int8(run_quantize):
     return run_quantize(name="demo")
 
 
+# A TFLite Micro tree made by create_tflm_tree.py: $TFLM_TREE, else the one beside the checkout
+# (CI has ../shared/tflm-tree; see its SOURCE.md).
+SHARED_TFLM_TREE = ROOT.parent / "shared" / "tflm-tree"
+SHARED_TFLM_TREE_CMSIS_NN = ROOT.parent / "shared" / "tflm-tree-cmsis-nn"
+FIRMWARE_TOOLS = ("cmake", "g++", "arm-none-eabi-gcc", "arm-none-eabi-g++", "qemu-system-arm")
+
+
+@pytest.fixture(scope="session")
+def tflm_tree(tmp_path_factory):
+    """The tree the firmware tests build against, with the tools they need; one TFLM library
+    cache for the whole session (EDGE_DEPLOY_CACHE, inherited by `invoke` subprocesses), so each
+    (toolchain, flags) compiles TFLM once and every later test reuses it."""
+    import shutil
+
+    from pipeline.firmware_build import resolve_tree
+
+    explicit = os.environ.get("TFLM_TREE")
+    path = Path(explicit) if explicit else SHARED_TFLM_TREE
+    if not path.is_dir():
+        pytest.skip(f"no TFLite Micro tree: TFLM_TREE is unset and {path} is absent (CI has it; "
+                    "make one with create_tflm_tree.py)")
+    missing = [t for t in FIRMWARE_TOOLS if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (.ci/firmware-deps installs them)")
+    os.environ.setdefault("EDGE_DEPLOY_CACHE", str(tmp_path_factory.mktemp("tflm-cache")))
+    return resolve_tree(path)
+
+
 def invoke_cmd() -> list[str]:
     return [sys.executable, "-m", "invoke"]

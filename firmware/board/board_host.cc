@@ -8,6 +8,8 @@
 
 extern "C" void board_init(void) {}
 
+extern "C" int board_arguments(int argc, char***) { return argc; }
+
 extern "C" int board_exit(int code) {
   std::fflush(stdout);
   return code;
@@ -28,10 +30,15 @@ extern "C" void board_write(const unsigned char* data, unsigned long len) {
   }
 }
 
-extern "C" unsigned long board_micros(void) {
+extern "C" unsigned long long board_cycles(void) { return 0; }
+extern "C" int board_counts_cycles(void) { return 0; }  // a host has no fixed clock to count
+
+extern "C" unsigned long long board_micros(void) {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<unsigned long>(ts.tv_sec) * 1000000ul + static_cast<unsigned long>(ts.tv_nsec / 1000);
+  return static_cast<unsigned long long>(ts.tv_sec) * 1000000ull +
+         static_cast<unsigned long long>(ts.tv_nsec / 1000);
 }
+extern "C" int board_measures_time(void) { return 1; }
 
 extern "C" const char* board_name(void) { return "host"; }

@@ -10,6 +10,7 @@ import hashlib
 import os
 import select
 import struct
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -301,7 +302,8 @@ def serve_on_pty(command: list[str]):
 
 def start_qemu_uart(elf: Path, machine: str = "mps2-an386", timeout: float = 60.0):
     """Boot a firmware built with -DHIL_SERVER=ON under QEMU with UART0 on a pty; returns the
-    QEMU process and the port once the firmware says it is serving."""
+    QEMU process and the port once the firmware says it is serving. -icount makes QEMU's clock
+    count instructions, so the cycles the firmware reports are instructions x clock / 1 GHz."""
     import re
     import shutil
     import subprocess
@@ -310,7 +312,7 @@ def start_qemu_uart(elf: Path, machine: str = "mps2-an386", timeout: float = 60.
     if qemu is None:
         raise PipelineError("qemu-system-arm is not installed", field="--qemu", fix="apt-get install qemu-system-arm")
     proc = subprocess.Popen([qemu, "-M", machine, "-nographic", "-monitor", "none", "-semihosting",
-                             "-serial", "pty", "-kernel", str(elf)],
+                             "-icount", "shift=0", "-serial", "pty", "-kernel", str(elf)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port, seen = None, []
     deadline = time.monotonic() + timeout
@@ -324,3 +326,28 @@ def start_qemu_uart(elf: Path, machine: str = "mps2-an386", timeout: float = 60.
     proc.kill()
     raise PipelineError(f"the firmware did not start serving under QEMU: {' | '.join(seen[-4:])}",
                         path=elf, field="--qemu", fix="build it with -DHIL_SERVER=ON")
+
+
+def _serve_pty_main(argv: list[str]) -> int:
+    """`python -m pipeline.runtime.device serve-pty CMD...`: run CMD (e.g. `selftest --serve`) with its
+    stdin/stdout on a fresh pseudo-terminal, print the port for `invoke hil --port`, and wait."""
+    if len(argv) < 2 or argv[0] != "serve-pty":
+        print("usage: python -m pipeline.runtime.device serve-pty COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    try:
+        proc, port, slave = serve_on_pty(argv[1:])
+    except OSError as exc:
+        print(f"error: {argv[1]}: cannot start it: {exc}", file=sys.stderr)
+        return 2
+    print(port, flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+    finally:
+        os.close(slave)
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_pty_main(sys.argv[1:]))

@@ -65,6 +65,7 @@ class DeployRequest:
     compile_timeout_s: float = 600.0
     require_compiler: bool = False
     firmware_out: Path | None = None
+    firmware_build: bool = False  # a build follows: its linked image, not the estimate, decides the fit
     vectors: int = 4
     tolerance: int = 0
     thresholds: Thresholds = field(default_factory=Thresholds)

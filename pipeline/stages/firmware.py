@@ -6,11 +6,10 @@ boot. Templates hold every line of C/C++/CMake; this module computes the facts t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,16 @@ from typing import Any
 import numpy as np
 
 from .. import PROJECT_DIR, TOOL_NAME, __version__
-from ..boards import Board, board_fit, defaults, get_board
-from ..rules.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
-from ..errors import NotDeployableError, PipelineError
-from ..fileio import ensure_replaceable, replacing_owned_dir, safe_name
+from ..boards import Board, board_fit, defaults, get_board, raise_if_too_big
 from ..cache import content_hash
+from ..errors import NotDeployableError
+from ..fileio import ensure_replaceable, replacing_owned_dir, safe_name
 from ..golden import golden_vectors
-from ..versions import package_version
-from .base import Job, Stage, fact_tables
+from ..rules.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
 from ..templating import TEMPLATE_DIR, Markup, c_float, c_ident, environment
 from ..tflite_model import Tensor, TFLiteModel, read_model
+from ..versions import package_version
+from .base import Job, Stage, fact_tables
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +45,24 @@ _TEMPLATES = {
     "model_settings.h": "firmware/model_settings.h.j2",
     "test_vectors.h": "firmware/test_vectors.h.j2",
     "test_vectors.cc": "firmware/test_vectors.cc.j2",
+    "model_arena.h": "firmware/model_arena.h.j2",
     "CMakeLists.txt": "firmware/CMakeLists.txt.j2",
-    "cmake/arm-none-eabi.cmake": "firmware/cmake/arm-none-eabi.cmake.j2",
+    "cmake/tflm.cmake": "firmware/cmake/tflm.cmake.j2",
 }
-_SKELETON = ("main.cc", "hil_server.h", "hil_server.cc", "board/board.h", "board/board_host.cc", "board/cortexm/board_cortexm.cc",
-             "board/cortexm/startup.c", "board/cortexm/mps2_an386.ld")
+# rendered only for a Cortex-M board: its toolchain file, linker script, start-up, facts
+_CORTEX_M_TEMPLATES = {
+    "cmake/arm-none-eabi.cmake": "firmware/cmake/arm-none-eabi.cmake.j2",
+    "board/cortexm/linker.ld": "firmware/board/cortexm/linker.ld.j2",
+    "board/cortexm/startup.c": "firmware/board/cortexm/startup.c.j2",
+    "board/cortexm/board_config.h": "firmware/board/cortexm/board_config.h.j2",
+}
+_SKELETON = ("main.cc", "arena.cc", "hil_server.h", "hil_server.cc", "board/board.h", "board/board_host.cc",
+             "board/cortexm/board_cortexm.cc")
+# What earlier versions of this stage wrote (a legacy folder without a manifest may hold them)
+_FORMER_FILES = ("cmake/arm-none-eabi.cmake", "board/cortexm/startup.c", "board/cortexm/mps2_an386.ld")
+MEASUREMENTS_FILE = "measurements.json"
+HIL_TEXT_BYTES = 1024  # INFO and ERROR replies: board name, firmware, hashes
+HIL_INFO_BUFFER = 768  # main.cc's INFO text buffer
 
 
 # --- the model as a C array: vectorised, ~2 orders of magnitude faster than a Python loop ----
@@ -102,78 +114,165 @@ def c_values(values: np.ndarray, per_line: int = 16) -> Markup:
 
 # --- the stage ---------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ArenaFigures:
+    """The smallest arena that ran every golden vector, per pointer size: the host build's
+    (64-bit) and the board's (32-bit, measured on the board's build under QEMU when one runs
+    it). Before any build both are the TFLM Python interpreter's figure, an upper bound."""
+
+    host_measured: int
+    host_source: str
+    board_measured: int
+    board_source: str
+
+    @property
+    def host_bytes(self) -> int:
+        return round_arena(self.host_measured) + ARENA_MARGIN_BYTES
+
+    @property
+    def board_bytes(self) -> int:
+        return round_arena(self.board_measured) + ARENA_MARGIN_BYTES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host_measured_bytes": self.host_measured, "host_measured_by": self.host_source,
+                "host_bytes": self.host_bytes, "board_measured_bytes": self.board_measured,
+                "board_measured_by": self.board_source, "board_bytes": self.board_bytes}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ArenaFigures:
+        return cls(int(doc["host_measured_bytes"]), str(doc["host_measured_by"]),
+                   int(doc["board_measured_bytes"]), str(doc["board_measured_by"]))
+
+
 @dataclass
 class FirmwareResult:
     output_dir: Path
     files: list[str]
-    arena_bytes: int
+    arena_bytes: int  # the board's kTensorArenaSize
     arena_measured: int
     arena_source: str
     resolver_methods: list[str]
     vectors: int
+    arena: ArenaFigures | None = None
+    board_key: str = ""
     board: dict[str, Any] | None = None
     builds: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"output_dir": self.output_dir.name, "files": self.files, "arena_bytes": self.arena_bytes,
                 "arena_measured_bytes": self.arena_measured, "arena_measured_by": self.arena_source,
-                "arena_margin_bytes": ARENA_MARGIN_BYTES, "resolver_methods": self.resolver_methods,
-                "test_vectors": self.vectors, "board": self.board, "builds": self.builds}
+                "arena_margin_bytes": ARENA_MARGIN_BYTES, "arena": self.arena.to_json() if self.arena else None,
+                "resolver_methods": self.resolver_methods, "test_vectors": self.vectors,
+                "board_key": self.board_key, "board": self.board, "builds": self.builds}
 
 
-def generate_firmware(model_path: Path, *, out: Path | None = None, board: str | None = None,
+def generate_firmware(model_path: Path, *, out: Path | None = None, board: str | Board | None = None,
                       vectors: int = DEFAULT_VECTORS, tolerance: int = 0, data: str | None = None,
-                      smallest_arena: tuple[int, str] | None = None, labels: list[str] | None = None,
-                      tensorflow_version: str | None = None) -> FirmwareResult:
-    """`smallest_arena`: (bytes, where measured) when a caller already measured it (the check
-    stage, a host build); otherwise the TFLM Python interpreter's binary search runs here (an
-    upper bound: its recording allocator lives in the arena too). Either way the golden
-    outputs come from the TFLM interpreter, which proves the model runs. `labels` and
-    `tensorflow_version` come from the quantize stage, when it made the model."""
+                      smallest_arena: tuple[int, str] | None = None,
+                      arena: ArenaFigures | None = None, check_fit: bool = True,
+                      labels: list[str] | None = None, tensorflow_version: str | None = None) -> FirmwareResult:
+    """`arena`: figures a build just measured (firmware_build); `smallest_arena`: (bytes, where
+    measured) when a caller measured it in the TFLM Python interpreter (the check stage).
+    Otherwise a measurement recorded in the output folder for this model and board is kept
+    (a plain `invoke firmware` after a `--build` keeps the measured arena), else the TFLM
+    Python interpreter's binary search runs here (an upper bound: its recording allocator lives
+    in the arena too). Either way the golden outputs come from the TFLM interpreter.
+    `check_fit=False` (a build follows, whose linked image decides) records the estimate
+    without refusing a model it says is too big. `labels` and `tensorflow_version` come from
+    the quantize stage, when it made the model."""
     board_preset = get_board(board or DEFAULT_BOARD)
     model = read_model(model_path)
     out_dir = out or model_path.parent / "firmware"
     ensure_replaceable(out_dir, option="--out", legacy=legacy_firmware_files)  # before any work
-    tflm = check_tflm(model, model_path, run_interpreter=smallest_arena is None)
+    raw = model_path.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    if arena is None:
+        arena = recorded_arena(out_dir, sha, board_preset)
+    tflm = check_tflm(model, model_path, run_interpreter=arena is None and smallest_arena is None)
     if not tflm.compatible:
         reasons = [f"op {v.index} {v.op}: {v.reason}" for v in tflm.ops if not v.supported]
         reasons += [r for r in (tflm.model_problem, tflm.interpreter_error) if r]
         raise NotDeployableError(f"the model does not run on TFLite Micro: {'; '.join(reasons)}",
                                  path=model_path, field="--model", fix="see `invoke check --target tflm`")
-    measured, arena_source = smallest_arena or (tflm.arena_bytes, "the TFLM Python interpreter")
-    arena = round_arena(measured) + ARENA_MARGIN_BYTES
+    if arena is None:
+        measured, source = smallest_arena or (tflm.arena_bytes, "the TFLM Python interpreter")
+        arena = ArenaFigures(measured, source, measured, source)
     inputs, outputs = io_specs(model)
     golden = golden_vectors(model, model_path, vectors, data)
-    raw = model_path.read_bytes()
+    hil = hil_buffers(inputs, outputs)
     context = {
         "generator": f"{TOOL_NAME} {__version__}", "model_file": model_path.name,
-        "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw),
+        "sha256": sha, "size": len(raw),
         "name": model_path.parent.name if model_path.parent.name not in ("", ".") else model_path.stem,
         "project": c_ident(f"{safe_name(model_path.parent.name)}_firmware"),
         "tensorflow_version": tensorflow_version or "unknown",
         "tflm_version": f"{tflm_table()['tflite_micro_commit'][:12]} (wheel {tflm_table()['tflite_micro_wheel']})",
         "methods": list(zip([v.op for v in _distinct_ops(tflm.ops)], tflm.resolver_methods)),
-        "arena_bytes": arena, "arena_measured": measured, "arena_source": arena_source,
-        "arena_margin": ARENA_MARGIN_BYTES, "inputs": inputs, "outputs": outputs,
+        "arena": arena, "arena_margin": ARENA_MARGIN_BYTES, "inputs": inputs, "outputs": outputs,
         "labels": labels, "tolerance": int(tolerance), "source": golden.source,
         "vectors": [{"name": golden.names[v],
                      "inputs": [c_values(golden.inputs[i][v]) for i in range(len(inputs))],
                      "expected": [c_values(golden.expected[o][v]) for o in range(len(outputs))]}
                     for v in range(len(golden))],
-        "board": board_preset, "arm_flags": arm_flags(board_preset),
-        "linker_script": "board/cortexm/mps2_an386.ld" if board_preset.qemu_machine else "",
-        "qemu_machine": board_preset.qemu_machine,
+        "board": board_preset, "arm_flags": board_preset.arm_flags(),
+        "qemu_machine": board_preset.qemu_machine, "hil": hil,
+        "heap_bytes": defaults()["heap_bytes"], "stack_bytes": defaults()["stack_bytes"],
     }
     with replacing_owned_dir(out_dir, context["generator"], option="--out", legacy=legacy_firmware_files) as staging:
-        files = _render(staging, context, raw)
-        result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena, arena_measured=measured,
-                                arena_source=arena_source, resolver_methods=list(tflm.resolver_methods),
-                                vectors=len(golden))
+        files = _render(staging, context, raw, cortex_m=board_preset.is_cortex_m)
+        (staging / MEASUREMENTS_FILE).write_text(json.dumps(
+            {"generated_by": f"{context['generator']}, do not edit", "model_sha256": sha, "board": board_preset.key,
+             "arm_flags": board_preset.arm_flags(), "arena": arena.to_json()}, indent=1, sort_keys=True) + "\n")
+        files = sorted([*files, MEASUREMENTS_FILE])
+        _keep_unchanged_mtimes(staging, out_dir, files)
+        result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena.board_bytes,
+                                arena_measured=arena.board_measured, arena_source=arena.board_source,
+                                resolver_methods=list(tflm.resolver_methods), vectors=len(golden), arena=arena,
+                                board_key=board_preset.key)
         if board:
             io = sum(t["bytes"] for t in inputs) + sum(t["elements"] * t["itemsize"] for t in outputs)
-            result.board = board_fit(board_preset, model_bytes=len(raw), arena_bytes=arena, io_bytes=io)
-            _check_fit(result.board, board_preset)
+            result.board = board_fit(board_preset, model_bytes=len(raw), arena_bytes=arena.board_bytes, io_bytes=io)
+            if check_fit:
+                raise_if_too_big(result.board, board_preset)
     return result
+
+
+def _keep_unchanged_mtimes(staging: Path, previous: Path, files: list[str]) -> None:
+    """A file whose bytes did not change keeps its old modification time, so a build directory
+    made from the previous folder recompiles only what changed (a new arena: arena.cc)."""
+    for rel in files:
+        old, new = previous / rel, staging / rel
+        try:
+            if old.is_file() and old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes():
+                st = old.stat()
+                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError:
+            continue
+
+
+def hil_buffers(inputs: list[dict], outputs: list[dict]) -> dict[str, int]:
+    """The HIL server's static buffers, from the model's I/O: the largest request is RUN with
+    every input, the largest reply RUN_OK (8 bytes of timing + every output) or a text reply."""
+    input_bytes = sum(t["bytes"] for t in inputs)
+    output_bytes = sum(t["bytes"] for t in outputs)
+    request, reply = max(input_bytes, 16), max(8 + output_bytes, HIL_TEXT_BYTES)
+    return {"input_bytes": input_bytes, "output_bytes": output_bytes, "text_bytes": HIL_TEXT_BYTES,
+            "request_payload": request, "reply_payload": reply,
+            "static_bytes": (6 + request + 4) + (8 + reply + 4) + HIL_INFO_BUFFER}
+
+
+def recorded_arena(out_dir: Path, sha256: str, board: Board) -> ArenaFigures | None:
+    """The arena a build measured for this very model and board (same compiler flags), as the
+    last generation recorded it in the output folder; None when there is none or it differs."""
+    try:
+        doc = json.loads((out_dir / MEASUREMENTS_FILE).read_text())
+        if doc["model_sha256"] != sha256 or doc["board"] != board.key or doc["arm_flags"] != board.arm_flags():
+            return None
+        figures = ArenaFigures.from_json(doc["arena"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    interpreter = "the TFLM Python interpreter"
+    return None if figures.board_source == interpreter and figures.host_source == interpreter else figures
 
 
 def legacy_firmware_files(folder: Path) -> set[str] | None:
@@ -186,7 +285,8 @@ def legacy_firmware_files(folder: Path) -> set[str] | None:
         return None
     if f"generated by {TOOL_NAME}" not in first:
         return None
-    return {rel for rel in (*_TEMPLATES, *_SKELETON) if (folder / rel).is_file()}
+    return {rel for rel in (*_TEMPLATES, *_CORTEX_M_TEMPLATES, *_SKELETON, *_FORMER_FILES, MEASUREMENTS_FILE)
+            if (folder / rel).is_file()}
 
 
 def _distinct_ops(verdicts):
@@ -199,11 +299,7 @@ def _distinct_ops(verdicts):
 
 
 def arm_flags(board: Board) -> str:
-    if not board.cpu.startswith("cortex-"):
-        return "-mthumb"  # not an Arm core: this toolchain file does not apply
-    flags = [f"-mcpu={board.cpu}", "-mthumb"]
-    flags += ["-mfloat-abi=hard", f"-mfpu={board.fpu}"] if board.fpu else ["-mfloat-abi=soft"]
-    return " ".join(flags)
+    return board.arm_flags()
 
 
 def io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
@@ -229,10 +325,11 @@ def io_specs(model: TFLiteModel) -> tuple[list[dict], list[dict]]:
     return ins, outs
 
 
-def _render(staging: Path, context: dict[str, Any], raw: bytes) -> list[str]:
+def _render(staging: Path, context: dict[str, Any], raw: bytes, *, cortex_m: bool) -> list[str]:
     env = environment()
     written = []
-    for rel, template in _TEMPLATES.items():
+    templates = {**_TEMPLATES, **(_CORTEX_M_TEMPLATES if cortex_m else {})}
+    for rel, template in templates.items():
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if rel == "model_data.cc":
@@ -248,136 +345,24 @@ def _render(staging: Path, context: dict[str, Any], raw: bytes) -> list[str]:
     return sorted(written)
 
 
-def _check_fit(fit: dict[str, Any], board: Board) -> None:
-    problems = []
-    for kind in ("flash", "ram"):
-        part = fit[kind]
-        if not part["fits"]:
-            problems.append(f"{kind} needs {part['needed_bytes']} B of {part['capacity_bytes']} B "
-                            f"({-part['headroom_bytes']} B over)")
-    if problems:
-        raise NotDeployableError(f"the model does not fit {board.name}: {'; '.join(problems)}",
-                                 field="--board",
-                                 fix="a smaller model (fewer/narrower layers), int8 everywhere, or a bigger board")
+# --- building and running (pipeline/firmware_build.py); kept importable from here ------------
+
+def tflm_tree_path(explicit: str | Path | None):
+    from .firmware_build import resolve_tree
+
+    return resolve_tree(explicit)
 
 
-def measured_flash(elf: Path) -> int | None:
-    """text + data of a cross-built image, as `arm-none-eabi-size` reports them."""
-    tool = shutil.which("arm-none-eabi-size")
-    if not tool or not elf.is_file():
-        return None
-    out = subprocess.run([tool, str(elf)], capture_output=True, text=True).stdout.splitlines()
-    if len(out) < 2:
-        return None
-    text, data, *_ = out[1].split()
-    return int(text) + int(data)
+def build_and_run(project: Path, tree, build_dir: Path, **options) -> dict[str, Any]:
+    from .firmware_build import build_and_run as run
+
+    return run(project, tree, build_dir, **options)
 
 
+def build_and_verify(model_path: Path, result: FirmwareResult, tree, **options) -> FirmwareResult:
+    from .firmware_build import build_and_verify as run
 
-# --- building and running the generated project (needs a TFLM tree) ---------------------------
-
-BUILD_TIMEOUT_S = 1800
-RUN_TIMEOUT_S = 120
-_SELFTEST_LINE = re.compile(r"^SELFTEST (PASS|FAIL) (\d+)/(\d+)\s*$", re.M)
-
-
-def tflm_tree_path(explicit: str | None) -> Path | None:
-    value = explicit or os.environ.get("TFLM_TREE")
-    if not value:
-        return None
-    tree = Path(value)
-    if not (tree / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file():
-        raise PipelineError("not a TFLite Micro tree (no tensorflow/lite/micro/micro_interpreter.h)",
-                            path=tree, field="--tflm-tree",
-                            fix="make one with TFLM's tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py")
-    return tree
-
-
-def build_and_run(project: Path, tree: Path, build_dir: Path, *, cross: Board | None = None) -> dict[str, Any]:
-    """Configure, build and run the self-test: natively, or cross-compiled for `cross` and run
-    under QEMU when the board has a QEMU machine and qemu-system-arm is installed."""
-    kind = f"cross:{cross.key}" if cross else "host"
-    configure = ["cmake", "-S", str(project), "-B", str(build_dir), f"-DTFLM_TREE={tree}"]
-    if cross:
-        if not shutil.which("arm-none-eabi-g++"):
-            return {"kind": kind, "built": False, "reason": "arm-none-eabi-g++ not installed"}
-        configure.append(f"-DCMAKE_TOOLCHAIN_FILE={project / 'cmake' / 'arm-none-eabi.cmake'}")
-    for cmd in (configure, ["cmake", "--build", str(build_dir), f"-j{os.cpu_count() or 2}"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise PipelineError(f"{kind} build failed:\n{tail}", path=project, field="--build",
-                                fix="see the compiler output above")
-    result: dict[str, Any] = {"kind": kind, "built": True}
-    if cross:
-        elf = build_dir / "selftest.elf"
-        result["flash_bytes"] = measured_flash(elf)
-        qemu = shutil.which("qemu-system-arm")
-        if not cross.qemu_machine or not qemu:
-            result["ran"] = False
-            result["reason"] = "no QEMU machine for this board" if not cross.qemu_machine else "qemu-system-arm not installed"
-            return result
-        run = [qemu, "-M", cross.qemu_machine, "-nographic", "-monitor", "none", "-serial", "null",
-               "-semihosting", "-kernel", str(elf)]
-    else:
-        run = [str(build_dir / "selftest")]
-    try:
-        proc = subprocess.run(run, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise PipelineError(f"the {kind} self-test did not finish within {RUN_TIMEOUT_S} s", path=project,
-                            field="--build", fix="run it by hand") from None
-    output = proc.stdout + proc.stderr
-    m = _SELFTEST_LINE.search(output)
-    result.update(ran=True, exit_code=proc.returncode, output=output.strip().splitlines()[-12:],
-                  selftest=m.group(0).strip() if m else None, passed=bool(m and m.group(1) == "PASS"))
-    return result
-
-
-def smallest_host_arena(selftest: Path, upper: int) -> int:
-    """Binary search over `selftest --arena N` (the real C++ interpreter, this host): the
-    smallest arena with which every golden vector still passes. `upper` is known to pass."""
-    lo, hi = 256, upper
-    while lo < hi:
-        mid = (lo + hi) // 2
-        try:
-            proc = subprocess.run([str(selftest), "--arena", str(mid)], capture_output=True, text=True,
-                                  timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
-            ok = proc.returncode == 0 and "SELFTEST PASS" in proc.stdout
-        except subprocess.TimeoutExpired:
-            ok = False
-        if ok:
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi
-
-
-def build_and_verify(model_path: Path, result: FirmwareResult, tree: Path, *, board: str | None = None,
-                     **generate_options) -> FirmwareResult:
-    """Host build and self-test; the real smallest arena measured on it and written back into
-    model_settings.h; then the cross build for the board (run under QEMU where it can be)."""
-    project = result.output_dir
-    host_dir = project.parent / "fw-host"
-    host = build_and_run(project, tree, host_dir)
-    if host.get("passed"):
-        smallest = smallest_host_arena(host_dir / "selftest", result.arena_bytes)
-        if round_arena(smallest) + ARENA_MARGIN_BYTES != result.arena_bytes:
-            result = generate_firmware(model_path, out=project, board=board,
-                                       smallest_arena=(smallest, "the host build's own interpreter"),
-                                       **generate_options)
-            host = build_and_run(project, tree, host_dir)
-        host["smallest_arena_bytes"] = smallest
-    result.builds["host"] = host
-    target = get_board(board or DEFAULT_BOARD)
-    if target.cpu.startswith("cortex-"):
-        cross = build_and_run(project, tree, project.parent / f"fw-{target.key}", cross=target)
-        result.builds[cross["kind"]] = cross
-        if board and cross.get("flash_bytes") and result.board:
-            result.board = board_fit(target, model_bytes=cross["flash_bytes"] - defaults()["runtime_flash_bytes"],
-                                     arena_bytes=result.arena_bytes,
-                                     io_bytes=result.board["ram"]["io_bytes"])
-            result.board["flash"]["measured_with"] = "arm-none-eabi-size"
-    return result
+    return run(model_path, result, tree, **options)
 
 
 # --- registry entry ----------------------------------------------------------------------------
@@ -418,7 +403,7 @@ def _firmware_job(job: Job) -> FirmwareResult:
     arena = (checked.get("tflm") or {}).get("arena_bytes") if checked.get("model") == str(job.model) else None
     return generate_firmware(job.model, out=job.request.firmware_out,
                              smallest_arena=(arena, "the TFLM Python interpreter") if arena else None,
-                             **firmware_options(job))
+                             check_fit=not job.request.firmware_build, **firmware_options(job))
 
 
 def _firmware_outputs(job: Job) -> tuple[str, ...]:

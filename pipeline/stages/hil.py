@@ -66,8 +66,9 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
                                       f"{sum(e[v].nbytes for e in expected)}",
                                       path=port, field="--port", fix="the firmware and the model disagree")
                 worst = max(worst, int(np.abs(arr.astype(np.int64) - want.ravel().astype(np.int64)).max()))
+            # 0 in either field: the device does not measure it (reported as null, never 0)
             result.vectors.append({"name": name, "passed": worst <= tolerance, "max_difference": worst,
-                                   "device_us": micros, "device_cycles": cycles or None})
+                                   "device_us": micros or None, "device_cycles": cycles or None})
         result.retries = client.retried
         return result
     finally:
