@@ -68,7 +68,7 @@ def tflm_tree(tmp_path_factory):
     (toolchain, flags) compiles TFLM once and every later test reuses it."""
     import shutil
 
-    from pipeline.firmware_build import resolve_tree
+    from pipeline.stages.firmware_build import resolve_tree
 
     explicit = os.environ.get("TFLM_TREE")
     path = Path(explicit) if explicit else SHARED_TFLM_TREE

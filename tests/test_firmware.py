@@ -234,7 +234,14 @@ def demo_model(demo_int8, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(demo_model, tflm_tree):
     """The default `--build`: host, then the Cortex-M4 build under QEMU (mps2-an386)."""
-    return build_and_verify(demo_model, generate_firmware(demo_model), tflm_tree)
+    from pipeline.deploy import DeployRequest, job_for_model, record, run_stage
+    from pipeline.stages.firmware import firmware_options
+
+    # as `invoke firmware --build` runs it: the stage, the builds, then the stage's record
+    job = job_for_model(demo_model, DeployRequest(firmware_build=True), borrow=("quantize",))
+    result = build_and_verify(demo_model, run_stage("firmware", job), tflm_tree, **firmware_options(job))
+    record(job, "firmware", result)
+    return result
 
 
 def test_host_and_cortex_m4_pass_and_each_measures_its_own_arena(built, demo_model):
