@@ -63,7 +63,7 @@ def _float_option(value, option: str, default: float) -> float:
 # verify's thresholds, one definition for `invoke verify` and `invoke deploy` (same names)
 THRESHOLD_HELP = {
     "max_lsb": "allowed difference between LiteRT's reference kernels and TFLM, in quantized steps at 8 bits "
-               "(scaled by 2^(bits-8) for 16-bit outputs; default 16)",
+               "(scaled by 2^(bits-8) for 16-bit outputs; default 32)",
     "min_agreement": "classification outputs: minimum top-1 agreement with float, 0..1 (default 0.95)",
     "max_drop": "classification outputs with labels: maximum accuracy drop from float, in points (default 1.0)",
     "max_rel_error": "regression/reconstruction outputs: maximum RMSE vs float relative to the output's "

@@ -187,13 +187,13 @@ class Thresholds:
     - LiteRT's reference kernels and TFLM may differ by `max_lsb_litert_vs_tflm` steps at 8 bits
       (scaled by 2^(bits-8) for 16-bit outputs): measured on the zoo, every difference starts at
       a FULLY_CONNECTED that rounds 1 LSB apart in the two; feed-forward nets grow it to at most
-      9 LSB at a softmax output, a 16-step GRU to 8, a 16-step int8 LSTM to 24; a corrupted
-      kernel input differs by 100-200 at that op;
+      9 LSB at a softmax output, a 16-step GRU to 8, a 16-step int8 LSTM to 26; a corrupted
+      kernel input differs by 100-200 at that op (32 is an eighth of the int8 range);
     - classification: top-1 agreement with float, and (with labels) the accuracy drop in points;
     - regression / reconstruction: RMSE relative to the float output's spread, the share of
       float values clipped at the quantized output's range, and (anomaly labels) the AUC drop."""
 
-    max_lsb_litert_vs_tflm: int = 16
+    max_lsb_litert_vs_tflm: int = 32
     min_top1_agreement: float = 0.95
     max_accuracy_drop_points: float = 1.0
     max_error_vs_spread: float = 0.1

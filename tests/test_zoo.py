@@ -255,7 +255,7 @@ def test_ds_cnn_kws(zoo):
     assert m["accuracy"] >= 0.9 and m["accuracy_drop_points"] <= 1.0
     assert len(m["confusion"]) == 12 and sum(map(sum, m["confusion"])) == EVAL_SAMPLES
     assert report["check"]["edgetpu"]["mapped_ops"] == report["check"]["edgetpu"]["total_ops"]
-    assert report["verify"]["comparisons"]["cross_runtime"]["max_lsb_difference"] <= 16
+    assert report["verify"]["comparisons"]["cross_runtime"]["max_lsb_difference"] <= 32
 
 
 @pytest.mark.zoo_heavy
@@ -314,7 +314,7 @@ def test_two_in_two_out(zoo):
     assert mv["error_vs_spread"] < 0.1 and mv["clipped_fraction"] == 0 and mv["rmse_vs_labels"] < 0.5
     assert mk["accuracy"] >= 0.85
     cross = report["verify"]["comparisons"]["cross_runtime"]
-    assert [r["tolerance_lsb"] for r in cross["outputs"]] == [16, 16]
+    assert [r["tolerance_lsb"] for r in cross["outputs"]] == [32, 32]
     # LiteRT's reference kernels and TFLM part ways at a FULLY_CONNECTED (1 LSB): named
     assert cross["max_lsb_difference"] > 0 and cross["first_divergence"]["op"] == "FULLY_CONNECTED"
     assert cross["first_divergence"]["keras_layer"]
@@ -325,18 +325,23 @@ def test_two_in_two_out(zoo):
 
 
 def test_lstm(zoo):
-    """Keras 3 LSTM converts unrolled (TF 2.21's calibrator crashes on its while loop); int8
-    loses too much on TFLM over 16 steps (a true refusal with the fix), int16x8 deploys."""
+    """Keras 3 LSTM converts unrolled (TF 2.21's calibrator crashes on its while loop) and runs on
+    TFLM in int8 and int16x8; LiteRT's reference kernels part from TFLM at the cell's first
+    FULLY_CONNECTED (1 LSB) and 16 steps grow it: within the tolerance, reported, named."""
     int8, int16 = zoo.runs("lstm")
-    clean(int8, 1)
-    rewrite = int8.report["quantize"]["rewrites"][0]
+    report = deployable(int8)
+    rewrite = report["quantize"]["rewrites"][0]
     assert (rewrite["layer"], rewrite["class"], rewrite["change"]) == ("lstm", "LSTM", "unroll=True")
     assert rewrite["float_max_abs_difference"] < 1e-5
-    assert "--mode int16x8" in int8.stderr
+    assert tflm_metrics(report)["accuracy_drop_points"] <= 1.0 and tflm_metrics(report)["accuracy"] >= 0.8
+    (row,) = report["verify"]["comparisons"]["cross_runtime"]["outputs"]
+    assert 0 < row["max_lsb"] <= row["tolerance_lsb"] == 32
+    fd = report["verify"]["comparisons"]["cross_runtime"]["first_divergence"]
+    assert (fd["op"], fd["keras_layer"], fd["max_lsb"]) == ("FULLY_CONNECTED", "lstm", 1.0)
     report = deployable(int16)
     assert report["verify"]["scheme"] == "int16x8" and report["quantize"]["mode"] == "int16x8"
     assert tflm_metrics(report)["accuracy_drop_points"] <= 1.0
-    assert report["verify"]["comparisons"]["cross_runtime"]["outputs"][0]["tolerance_lsb"] == 16 * 256
+    assert report["verify"]["comparisons"]["cross_runtime"]["outputs"][0]["tolerance_lsb"] == 32 * 256
     assert [b["name"] for b in report["verify"]["backends"] if b["role"] == "TFLM target"] == ["int16x8 TFLM"]
 
 

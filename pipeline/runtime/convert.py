@@ -480,7 +480,7 @@ def _prepared(keras, model):
     what the parent learns about it."""
     recurrent = _recurrent_layers(keras, model)
     info = {"keras_inputs": [t.name for t in model.inputs],
-            "keras_outputs": list(getattr(model, "output_names", None) or [t.name for t in model.outputs]),
+            "keras_outputs": _output_layer_names(model),
             "recurrent": recurrent, "rewrites": []}
     original = None
     if recurrent:
@@ -514,6 +514,17 @@ def _load_error(exc: BaseException, path: Path) -> tuple[str, str]:
     return (f"Keras cannot load the model: {type(exc).__name__}: {first}",
             f"check that keras.models.load_model('{path.name}') works with Keras {keras.__version__}, or "
             "export a SavedModel and pass the folder")
+
+
+def _output_layer_names(model) -> list[str]:
+    """The layer making each output, in Keras order (a Sequential's `output_names` are tensor
+    names such as `keras_tensor_20`; the layer name is what the user gave)."""
+    names = []
+    for k, t in enumerate(model.outputs):
+        history = getattr(t, "_keras_history", None)
+        layer = getattr(history, "operation", None) or (history[0] if history else None)
+        names.append(getattr(layer, "name", None) or (list(getattr(model, "output_names", []) or [])[k:k + 1] or [t.name])[0])
+    return names
 
 
 def _recurrent_layers(keras, model) -> list[dict[str, str]]:
