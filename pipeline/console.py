@@ -157,6 +157,11 @@ def deploy_summary(result) -> Table:
     if c.get("edgetpu"):
         e = c["edgetpu"]
         rows.append(("Edge TPU", f"{e['mapped_ops']}/{e['total_ops']} ops mapped (predicted){_compiled_note(k)}"))
+        cut = [o for o in e.get("ops", []) if not o.get("mapped") and o.get("status") != "More than one subgraph is not supported"]
+        for o in cut[:3]:  # the ops that keep it off the Edge TPU, not the ones after the cut
+            named = o.get("keras_layer") or _layer_of(q, o["index"])
+            layer = f" (layer `{named}`)" if named else ""
+            rows.append(("", f"op {o['index']} {o['op']}{layer}: {o['status']}" + (f" (fix: {o['fix']})" if o.get("fix") else "")))
     if c.get("tflm"):
         t = c["tflm"]
         state = "runs" if t["compatible"] else "does NOT run"
@@ -187,6 +192,14 @@ def deploy_summary(result) -> Table:
     verdict = Text.assemble(f"deploy {result.name} (target {result.target}): ",
                             ("DEPLOYABLE", "bold green") if result.deployable else ("NOT deployable", "bold red"))
     return _summary_grid(verdict, rows)
+
+
+def _layer_of(q: dict[str, Any], op_index: int) -> str | None:
+    """The Keras layer quantize found for an op (`quantize.op_layers`)."""
+    for o in q.get("op_layers") or []:
+        if o.get("op_index") == op_index:
+            return o.get("keras_layer")
+    return None
 
 
 def _verify_passed(v: dict[str, Any], target: str) -> bool:

@@ -115,6 +115,7 @@ class QuantizeResult:
     float_ops: tuple[dict[str, Any], ...] = ()  # ops left in float: op, Keras layer, replacement
     layer_fixes: tuple[dict[str, Any], ...] = ()  # float ops and ops no target has a kernel for
     rewrites: tuple[dict[str, Any], ...] = ()  # changes made to the model before export (unroll)
+    op_layers: tuple[dict[str, Any], ...] = ()  # per op of the quantized model: its Keras layer
 
     @property
     def deployable_to(self) -> tuple[str, ...]:
@@ -146,6 +147,7 @@ class QuantizeResult:
             "float_ops": list(self.float_ops),
             "layer_fixes": list(self.layer_fixes),
             "rewrites": list(self.rewrites),
+            "op_layers": list(self.op_layers),
             "fully_integer": not self.float_ops,
             "tool_versions": self.tool_versions,
         }

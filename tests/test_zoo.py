@@ -384,6 +384,9 @@ def test_resizing(zoo):
     assert [r.split(":")[0] for r in report["deploy"]["reasons"]] == ["Edge TPU"]
     unmapped = [o for o in report["check"]["edgetpu"]["ops"] if not o["mapped"]]
     assert unmapped[0]["op"] == "RESIZE_BILINEAR" and unmapped[0]["fix"]
+    layer = next(o["keras_layer"] for o in report["quantize"]["op_layers"] if o["op_index"] == unmapped[0]["index"])
+    assert layer.startswith("resizing")
+    assert f"op {unmapped[0]['index']} RESIZE_BILINEAR (layer `{layer}`)" in run.stdout and "(fix: resize 24x24" in run.stdout
     assert all(c["passed"] for c in checks(report, "tflm"))
 
 

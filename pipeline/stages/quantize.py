@@ -151,7 +151,10 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     inputs, calibration = state["inputs"], state["calibration"]
     quant_model = parse_model(quant_bytes, source=f"{req.mode} model")
     _check_io(quant_model, req.mode, io_type, source)
-    fixes = _layer_fixes(quant_model, req.mode, keras)
+    from ..layers import map_layers
+
+    op_layers = map_layers(quant_model, keras)
+    fixes = _layer_fixes(quant_model, req.mode, keras, op_layers)
 
     eval_set = _evaluation_set(req, source, inputs, calibration, converted.keras_inputs)
     evaluation = (_evaluate(float_bytes, quant_bytes, eval_set, keras_outputs=converted.keras_outputs,
@@ -178,6 +181,8 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
         float_ops=tuple(f.to_json() for f in fixes if f.in_float),
         layer_fixes=tuple(f.to_json() for f in fixes),
         rewrites=tuple(converted.rewrites),
+        op_layers=tuple({"op_index": o.op_index, "op": o.op, "keras_layer": o.keras_layer,
+                         "layer_class": o.layer_class} for o in op_layers),
     )
     mark_output_folder(out_dir)
     write_bytes_atomic(result.float_model, float_bytes)
@@ -208,16 +213,15 @@ def _check_io(model: TFLiteModel, mode: str, io_type: str | None, source: ModelS
                                 fix="report this: the converter ignored inference_input_type")
 
 
-def _layer_fixes(model: TFLiteModel, mode: str, keras):
+def _layer_fixes(model: TFLiteModel, mode: str, keras, op_layers):
     """Ops the converter left in float (it does so without raising: a DEQUANTIZE/op/QUANTIZE
     sandwich) and ops no target has a kernel for, each with its Keras layer and the fix. The
     model is still written: `check` shows what else is wrong, and TFLM can run it as a hybrid."""
     if mode not in _CALIBRATED_MODES:
         return []
     from ..layer_fixes import layer_fixes
-    from ..layers import map_layers
 
-    return layer_fixes(model, map_layers(model, keras), keras)
+    return layer_fixes(model, op_layers, keras)
 
 
 def weight_quantization(model: TFLiteModel) -> tuple[WeightQuantization, ...]:
