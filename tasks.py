@@ -103,6 +103,58 @@ def _board(c, board, board_file, *, configured: bool = True):
     return _run(resolve_board, board, _path(board_file) if board_file else None)
 
 
+# verify's thresholds, one definition for `invoke verify` and `invoke deploy` (same names)
+THRESHOLD_HELP = {
+    "max_lsb": "allowed difference between LiteRT's reference kernels and TFLM, in quantized steps at 8 bits "
+               "(scaled by 2^(bits-8) for 16-bit outputs; default 32)",
+    "min_agreement": "classification outputs: minimum top-1 agreement with float, 0..1 (default 0.95)",
+    "max_drop": "classification outputs with labels: maximum accuracy drop from float, in points (default 1.0)",
+    "max_rel_error": "regression/reconstruction outputs: maximum RMSE vs float relative to the output's "
+                     "spread (default 0.1)",
+    "max_clipped": "regression/reconstruction outputs: maximum share of float values clipped at the quantized "
+                   "range, 0..1 (default 0.01)",
+    "max_auc_drop": "reconstruction outputs with anomaly labels: maximum AUC drop from float (default 0.01)",
+}
+TASK_HELP = ("an output's task, OUTPUT=classification|regression|reconstruction (repeatable; OUTPUT is the "
+             "Keras output name or output_<k>); default: detected per output")
+
+
+def _thresholds(max_lsb=None, min_agreement=None, max_drop=None, max_rel_error=None, max_clipped=None,
+                max_auc_drop=None):
+    """The verify thresholds from the command line, checked: a ratio is 0..1, nothing negative or NaN."""
+    import math
+
+    from pipeline.model import Thresholds
+
+    d = Thresholds()
+
+    def number(value, option, default, *, ratio=False):
+        x = _float_option(value, option, default)
+        if not math.isfinite(x) or x < 0 or (ratio and x > 1):
+            raise Exit(f"error: {option}: expected a number {'from 0 to 1' if ratio else 'of 0 or more'}, "
+                       f"got '{value}'", code=2)
+        return x
+
+    lsb = _int_option(max_lsb, "--max-lsb") if max_lsb is not None else d.max_lsb_litert_vs_tflm
+    if lsb < 0:
+        raise Exit(f"error: --max-lsb: expected a whole number of 0 or more, got '{max_lsb}'", code=2)
+    return Thresholds(
+        max_lsb_litert_vs_tflm=lsb,
+        min_top1_agreement=number(min_agreement, "--min-agreement", d.min_top1_agreement, ratio=True),
+        max_accuracy_drop_points=number(max_drop, "--max-drop", d.max_accuracy_drop_points),
+        max_error_vs_spread=number(max_rel_error, "--max-rel-error", d.max_error_vs_spread),
+        max_clipped_fraction=number(max_clipped, "--max-clipped", d.max_clipped_fraction, ratio=True),
+        max_auc_drop=number(max_auc_drop, "--max-auc-drop", d.max_auc_drop, ratio=True))
+
+
+def _tasks(values) -> tuple[str, ...]:
+    from pipeline.evaluation import parse_task_overrides
+
+    values = tuple(values or ())
+    _run(parse_task_overrides, values)  # refused here, before any work
+    return values
+
+
 def _run(fn, *args, **kwargs):
     """Call the library; a PipelineError becomes one line on stderr and its exit code."""
     try:
@@ -134,10 +186,11 @@ def _keras_model(model: str, keras_model, root: Path) -> str | None:
     "samples": "representative samples to calibrate with (default 200; 100-500 recommended)",
     "name": "output name: build/<name>/ (default: the model file's stem)",
     "out": "output root directory (default build)",
+    "task": TASK_HELP,
     "verbose": "debug logging",
-})
+}, iterable=["task"])
 def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8", samples=None,
-             name=None, out=None, verbose=False):
+             name=None, out=None, task=None, verbose=False):
     """Full-integer post-training quantization of a Keras model to TFLite, with a report."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, job_for_request, run_stage
@@ -145,11 +198,15 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     request = DeployRequest(
         model=_setting(c, "model", model), data=data, eval_data=eval_data, mode=mode, io_type=io_type,
         samples=_int_option(_setting(c, "samples", samples), "--samples"), name=name,
-        out=_path(_setting(c, "out", out)))
+        out=_path(_setting(c, "out", out)), tasks=_tasks(task))
     result = _run(run_stage, "quantize", job_for_request(request))
     from pipeline.console import quantize_summary, show
 
     show(quantize_summary(result))
+    if result.float_ops:  # written, so `invoke check` can show the rest, but not full-integer
+        first = result.float_ops[0]
+        raise Exit(f"error: not deployable as a full-integer model: {first['label']} stayed float "
+                   f"(fix: {first['replacement']})", code=1)
     return result
 
 
@@ -170,17 +227,24 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "force": "rerun every stage even when its inputs are unchanged",
     "diagnose": "diagnose layer by layer even when every verify check passed (it runs when one fails)",
     "recommend": "with the diagnosis, measure remedies even without an accuracy loss (slow)",
+    "mode": "int8 (default; both targets) or int16x8 (16-bit activations: TFLM only)",
+    "task": TASK_HELP,
+    "verify_samples": "evaluation samples verify runs on each host runtime (default 200)",
+    **THRESHOLD_HELP,
     "verbose": "debug logging",
-})
+}, iterable=["task"])
 def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None, name=None, out=None,
            target=None, board=None, board_file=None, compiler=None, port=None, baud=None, force=False,
-           diagnose=False, recommend=False, verbose=False):
+           diagnose=False, recommend=False, mode=None, task=None, verify_samples=None, max_lsb=None,
+           min_agreement=None, max_drop=None, max_rel_error=None, max_clipped=None, max_auc_drop=None,
+           verbose=False):
     """Run the whole chain (skipping unchanged stages); with no arguments, on the built-in demo."""
     _setup_logging(verbose)
     from pipeline.deploy import DeployRequest, deploy as run_deploy, raise_if_not_deployable
     from pipeline.console import deploy_summary, show, stage_line
     from pipeline.stages.base import DiagnoseOptions
 
+    thresholds = _thresholds(max_lsb, min_agreement, max_drop, max_rel_error, max_clipped, max_auc_drop)
     request = DeployRequest(
         model=_setting(c, "model", model), data=_setting(c, "data", data),
         eval_data=_setting(c, "eval_data", eval_data), io_type=_setting(c, "io_type", io_type),
@@ -188,7 +252,9 @@ def deploy(c, model=None, data=None, eval_data=None, io_type=None, samples=None,
         out=_path(_setting(c, "out", out)), target=_setting(c, "target", target),
         board=_board(c, board, board_file), compiler=_setting(c, "compiler", compiler),
         port=_setting(c, "port", port), baud=_int_option(_setting(c, "baud", baud), "--baud"), force=force,
-        diagnose=diagnose, diagnose_options=DiagnoseOptions(recommend=recommend))
+        diagnose=diagnose, diagnose_options=DiagnoseOptions(recommend=recommend),
+        mode=_setting(c, "mode", mode), tasks=_tasks(task), thresholds=thresholds,
+        verify_samples=_positive(verify_samples, "--verify-samples", 200))
     result = _run(run_deploy, request, on_stage=lambda run: show(stage_line(run)))
     print()
     show(deploy_summary(result))
@@ -341,33 +407,43 @@ def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None,
 
 
 @task(help={
-    "model": "an int8 .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
-    "data": "samples (.npz with labels as 'y', image class folders, .npy, module:function; demo: its test split)",
+    "model": "an int8/int16x8 .tflite model, or 'demo' (default: build/demo/model_int8.tflite)",
+    "data": "samples (.npz with labels as 'y' or 'y_<output>', image class folders, .npy, module:function; "
+            "demo: its test split)",
     "samples": "how many samples to run (default 200)",
-    "max_lsb": "allowed int8 difference between LiteRT and TFLM, in quantized steps (default 0)",
-    "min_agreement": "minimum float-vs-int8 top-1 agreement, 0..1 (default 0.95)",
-    "max_drop": "maximum accuracy drop float -> int8, in points (default 1.0)",
-})
-def verify(c, model=None, data=None, samples=None, max_lsb=None, min_agreement=None, max_drop=None):
-    """Run the model on the host interpreters (LiteRT, TFLM) and compare with the float model."""
-    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
-    from pipeline.model import Thresholds
+    "target": "edgetpu, tflm or all (default): which target's checks decide the exit code",
+    "task": TASK_HELP,
+    **THRESHOLD_HELP,
+}, iterable=["task"])
+def verify(c, model=None, data=None, samples=None, target="all", task=None, max_lsb=None, min_agreement=None,
+           max_drop=None, max_rel_error=None, max_clipped=None, max_auc_drop=None):
+    """Run the model on each target's host runtime and score every output against the float model.
+
+    TFLM for MCUs, LiteRT's built-in kernels for the Edge TPU's CPU model; LiteRT's reference
+    kernels cross-check TFLM."""
+    from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage, validate_request
     from pipeline.stages.verify import DEFAULT_SAMPLES, raise_if_failed
     from pipeline.console import show, verify_summary
 
     _setup_logging(False)
-    defaults = Thresholds()
-    thresholds = Thresholds(
-        max_lsb_litert_vs_tflm=_int_option(max_lsb, "--max-lsb") if max_lsb is not None else defaults.max_lsb_litert_vs_tflm,
-        min_top1_agreement=_float_option(min_agreement, "--min-agreement", defaults.min_top1_agreement),
-        max_accuracy_drop_points=_float_option(max_drop, "--max-drop", defaults.max_accuracy_drop_points))
+    thresholds = _thresholds(max_lsb, min_agreement, max_drop, max_rel_error, max_clipped, max_auc_drop)
+    request = DeployRequest(data=data, thresholds=thresholds, target=target, tasks=_tasks(task),
+                            verify_samples=_positive(samples, "--samples", DEFAULT_SAMPLES))
+    _run(validate_request, request)
     path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
-    request = DeployRequest(data=data, thresholds=thresholds,
-                            verify_samples=_int_option(samples, "--samples") if samples else DEFAULT_SAMPLES)
-    result = _run(run_stage, "verify", job_for_model(path, request))
+    result = _run(run_stage, "verify", job_for_model(path, request, borrow=("quantize",)))
     show(verify_summary(result))
-    _run(raise_if_failed, result)
+    _run(raise_if_failed, result, target)
     return result
+
+
+def _positive(value, option: str, default: int) -> int:
+    if value is None:
+        return default
+    n = _int_option(value, option)
+    if n < 1:
+        raise Exit(f"error: {option}: expected a whole number of 1 or more, got '{value}'", code=2)
+    return n
 
 
 @task(help={

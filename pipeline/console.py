@@ -142,14 +142,27 @@ def deploy_summary(result) -> Table:
         rows.append(("model", f"{out_dir / files['quantized']['path']}: {files['quantized']['bytes']} B "
                               f"({q['size_ratio']:.3f}x of float)"))
         e = q.get("evaluation") or {}
+        outputs = e.get("outputs") or []
         if e.get("labelled"):
-            rows.append(("accuracy", f"float {100 * e['float_accuracy']:.2f}% -> int8 "
+            rows.append(("accuracy", f"float {100 * e['float_accuracy']:.2f}% -> {q['mode']} "
                                      f"{100 * e['quantized_accuracy']:.2f}% on {e['samples']} samples of {e['source']}"))
-        elif e:
-            rows.append(("agreement", f"top-1 {100 * e['top1_agreement']:.2f}% float vs int8 on {e['samples']} samples"))
+        elif e and e.get("top1_agreement") is not None:
+            rows.append(("agreement", f"top-1 {100 * e['top1_agreement']:.2f}% float vs {q['mode']} on "
+                                      f"{e['samples']} samples"))
+        if len(outputs) > 1 or any(o["task"] != "classification" for o in outputs):
+            rows += [("output", f"{line} (float vs {q['mode']} on LiteRT, {e['samples']} samples)")
+                     for line in output_lines(outputs, "metrics")]
+        rows += [("rewrite", f"`{r['layer']}` ({r['class']}): {r['change'] or 'kept'}: {r['note']}")
+                 for r in q.get("rewrites") or []]
+        rows += [("fix", _fix_line(f)) for f in q.get("layer_fixes") or []]
     if c.get("edgetpu"):
         e = c["edgetpu"]
         rows.append(("Edge TPU", f"{e['mapped_ops']}/{e['total_ops']} ops mapped (predicted){_compiled_note(k)}"))
+        cut = [o for o in e.get("ops", []) if not o.get("mapped") and o.get("status") != "More than one subgraph is not supported"]
+        for o in cut[:3]:  # the ops that keep it off the Edge TPU, not the ones after the cut
+            named = o.get("keras_layer") or _layer_of(q, o["index"])
+            layer = f" (layer `{named}`)" if named else ""
+            rows.append(("", f"op {o['index']} {o['op']}{layer}: {o['status']}" + (f" (fix: {o['fix']})" if o.get("fix") else "")))
     if c.get("tflm"):
         t = c["tflm"]
         state = "runs" if t["compatible"] else "does NOT run"
@@ -162,9 +175,15 @@ def deploy_summary(result) -> Table:
         rows.append(("firmware", f"{out_dir / f['output_dir']}/ ({len(f['files'])} files, arena {f['arena_bytes']} B, "
                                  f"{f['test_vectors']} golden vectors)"))
     if v:
-        ident = v.get("comparisons", {}).get("litert_vs_tflm", {})
-        same = "bit-exact" if ident.get("identical") else f"max {ident.get('max_lsb_difference')} LSB"
-        rows.append(("verify", f"{'PASS' if v['passed'] else 'FAIL'} on {v['samples']} samples: LiteRT vs TFLM {same}"))
+        rows.append(("verify", f"{'PASS' if _verify_passed(v, result.target) else 'FAIL'} for {result.target} "
+                               f"on {v['samples']} samples of {v['source']}"))
+        for target, label in (("tflm", "on TFLM"), ("edgetpu", "Edge TPU CPU model")):
+            if (v.get("metrics") or {}).get(target):
+                outputs = [{**o, "metrics": v["metrics"][target].get(o["name"], {})} for o in v.get("outputs", [])]
+                rows += [("", f"{label}: {line}") for line in output_lines(outputs, "metrics")]
+        cross = (v.get("comparisons") or {}).get("cross_runtime")
+        if cross:
+            rows.append(("", f"cross-check: {_cross_line(cross)}"))
     if g.get("layers") is not None:
         worst = g.get("worst_layers") or []
         rows.append(("diagnose", (f"worst {worst[0]['label']}" if worst else "no layer beyond its rounding limit")
@@ -178,6 +197,72 @@ def deploy_summary(result) -> Table:
     verdict = Text.assemble(f"deploy {result.name} (target {result.target}): ",
                             ("DEPLOYABLE", "bold green") if result.deployable else ("NOT deployable", "bold red"))
     return _summary_grid(verdict, rows)
+
+
+def _layer_of(q: dict[str, Any], op_index: int) -> str | None:
+    """The Keras layer quantize found for an op (`quantize.op_layers`)."""
+    for o in q.get("op_layers") or []:
+        if o.get("op_index") == op_index:
+            return o.get("keras_layer")
+    return None
+
+
+def _verify_passed(v: dict[str, Any], target: str) -> bool:
+    return all(c["passed"] for c in v.get("checks", [])
+               if target == "all" or c.get("target") in (target, "all", None))
+
+
+def _fix_line(f: dict[str, Any]) -> str:
+    state = "stayed float" if f.get("in_float") else "has no kernel on either target"
+    return f"{f['label']} {state}: {f['replacement']}"
+
+
+def _cross_line(cross: dict[str, Any]) -> str:
+    if cross.get("error"):
+        return f"LiteRT reference kernels could not run: {cross['error']}"
+    if cross.get("identical"):
+        return "LiteRT reference kernels and TFLM bit-exact"
+    parts = ", ".join(f"`{r['keras_name'] or r['output']}` {r['max_lsb']:g}/{r['tolerance_lsb']:g}"
+                      for r in cross.get("outputs", []))
+    line = f"LiteRT reference kernels vs TFLM max LSB/tolerance {parts}"
+    fd = cross.get("first_divergence")
+    if fd:
+        line += f"; first differs at {fd['label']}, {fd['max_lsb']:g} LSB"
+    return line
+
+
+def output_lines(outputs: list[dict[str, Any]], key: str = "metrics") -> list[str]:
+    """One line per output: its task and the numbers its verdict uses."""
+    lines = []
+    for o in outputs:
+        m = o.get(key) or {}
+        name = f"`{o.get('keras_name') or o['name']}` {o['task']}"
+        if o["task"] == "classification":
+            bits = [f"top-1 agreement {_pct(m.get('top1_agreement'))}"]
+            if m.get("accuracy") is not None:
+                bits.insert(0, f"accuracy {_pct(m.get('accuracy_float'))} -> {_pct(m['accuracy'])} "
+                               f"({m['accuracy_drop_points']:+.2f} points)")
+        else:
+            bits = [f"RMSE/spread {_num(m.get('error_vs_spread'))}", f"SNR {_num(m.get('snr_db'))} dB"]
+            if m.get("clipped_fraction") is not None:
+                bits.append(f"clipped {_pct(m['clipped_fraction'])}")
+            if m.get("reconstruction_error") is not None:
+                bits.append(f"reconstruction error {_num(m.get('reconstruction_error_float'))} -> "
+                            f"{_num(m['reconstruction_error'])}")
+            if m.get("auc") is not None:
+                bits.append(f"AUC {_num(m.get('auc_float'))} -> {_num(m['auc'])}")
+            if m.get("rmse_vs_labels") is not None:
+                bits.append(f"RMSE vs labels {_num(m.get('rmse_float_vs_labels'))} -> {_num(m['rmse_vs_labels'])}")
+        lines.append(f"{name}: {', '.join(bits)}")
+    return lines
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 def _compiled_note(k: dict[str, Any]) -> str:
@@ -204,7 +289,12 @@ def quantize_summary(r) -> Table:
             rows.append(("accuracy", f"float {100 * e.float_accuracy:.2f}% -> {r.mode} "
                                      f"{100 * e.quantized_accuracy:.2f}% ({e.accuracy_drop_points:+.2f} points drop) "
                                      f"on {e.samples} samples of {e.source}"))
-        rows.append(("agreement", f"top-1 {100 * e.top1_agreement:.2f}%, max |float-{r.mode}| {e.max_abs_error:.4f}"))
+        if e.top1_agreement is not None:
+            rows.append(("agreement", f"top-1 {100 * e.top1_agreement:.2f}%, max |float-{r.mode}| {e.max_abs_error:.4f}"))
+        if len(e.outputs) > 1 or any(o["task"] != "classification" for o in e.outputs):
+            rows += [("output", line) for line in output_lines(list(e.outputs))]
+    rows += [("rewrite", f"`{w['layer']}` ({w['class']}): {w['change'] or 'kept'}: {w['note']}") for w in r.rewrites]
+    rows += [("fix", _fix_line(f)) for f in r.layer_fixes]
     rows.append(("report", str(r.output_dir / "report.md")))
     return _summary_grid(Text(f"quantize ({r.mode}): {r.quantized_model}"), rows)
 
@@ -287,16 +377,28 @@ def verify_summary(r) -> Table:
                              f"{b.library}, delegate: {b.delegate or 'none'}" + (f" ({b.note})" if b.note else ""))
         else:
             backends.add_row(b.name, "not run", "", b.note)
+    metrics = _grid(None)
+    for target, label in (("tflm", "TFLM"), ("edgetpu", "Edge TPU CPU model")):
+        if r.metrics.get(target):
+            outputs = [{**o, "metrics": r.metrics[target].get(o["name"], {})} for o in r.outputs]
+            for line in output_lines(outputs):
+                metrics.add_row(f"{label}: {line}")
+    cross = r.comparisons.get("cross_runtime")
+    if cross:
+        metrics.add_row(f"cross-check: {_cross_line(cross)}")
     checks = _grid(4, None)
     for c in r.checks:
         checks.add_row(Text("ok" if c["passed"] else "FAIL", style="green" if c["passed"] else "bold red"),
                        f"{c['check']}: {c['detail']}")
+    passed = r.passed_for(r.target)
     verdict = Text.assemble(f"verify: {r.samples} samples of {r.source}: ",
-                            ("PASS", "bold green") if r.passed else ("FAIL", "bold red"))
+                            ("PASS", "bold green") if passed else ("FAIL", "bold red"),
+                            f" ({r.scheme} model, target {r.target})")
     whole = _grid(None)
     whole.add_row(verdict)
     indented = _grid(1, None)
     indented.add_row("", backends)
+    indented.add_row("", metrics)
     indented.add_row("", checks)
     whole.add_row(indented)
     return whole

@@ -4,6 +4,12 @@ silently ruin a calibration (wrong shape, integer pixels, NaN, nothing at all).
 Sources: an `.npy` array, an `.npz` archive (arrays keyed by input name, or `x`; labels as `y`),
 a folder of images (sub-folders are classes), or `module:function` returning an iterable of
 samples. Every sample is validated against the model's inputs, read from the float model.
+
+Labels per model output: `y_<output>` arrays beside `y` (e.g. `y_value` for a regression head
+named `value`); `pipeline.evaluation` decides which output each belongs to. Tuples from
+`module:function` follow the Keras model's input order (`tuple_order`); where that order is not
+known (a SavedModel's signature is a map, a .tflite keeps no Keras order) a multi-input model
+needs dicts keyed by input name.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 LABEL_KEYS = ("y", "labels", "label")
+OUTPUT_LABEL_PREFIX = "y_"  # y_<output name>: the labels of one output
 SINGLE_INPUT_KEYS = ("x", "inputs", "input", "images", "data")
 
 
@@ -36,10 +43,18 @@ class SampleSet:
     labels: np.ndarray | None
     source: str
     class_names: tuple[str, ...] | None = None
+    output_labels: dict[str, np.ndarray] = field(default_factory=dict)  # "y_<output>" -> (N, ...)
 
     @property
     def count(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    def label_arrays(self) -> dict[str, np.ndarray]:
+        """`y` and every `y_<output>`, as `pipeline.evaluation.describe_outputs` takes them."""
+        out = dict(self.output_labels)
+        if self.labels is not None:
+            out["y"] = self.labels
+        return out
 
     def batch(self, i: int) -> dict[str, np.ndarray]:
         """Sample i with the batch dimension of 1 that deployed models take."""
@@ -60,10 +75,12 @@ def precheck_data_spec(spec: str | None, option: str = "--data") -> None:
 
 
 def load_samples(spec: str, inputs: Sequence[TensorSpec], *, limit: int | None = None,
-                 option: str = "--data") -> SampleSet:
-    """Load up to `limit` samples from `spec` and validate them against `inputs`."""
+                 option: str = "--data", tuple_order: Sequence[str] | None = None) -> SampleSet:
+    """Load up to `limit` samples from `spec` and validate them against `inputs`.
+    `tuple_order`: the input names in the Keras model's order, for tuples from a function."""
+    output_labels: dict[str, np.ndarray] = {}
     if _is_function_spec(spec):
-        arrays, labels, classes = _from_function(spec, inputs, limit, option)
+        arrays, labels, classes = _from_function(spec, inputs, limit, option, tuple_order)
     else:
         precheck_data_spec(spec, option)
         path = Path(spec)
@@ -72,18 +89,19 @@ def load_samples(spec: str, inputs: Sequence[TensorSpec], *, limit: int | None =
         elif path.suffix == ".npy":
             arrays, labels, classes = _from_npy(path, inputs, option), None, None
         elif path.suffix == ".npz":
-            arrays, labels, classes = _from_npz(path, inputs, option)
+            arrays, labels, classes, output_labels = _from_npz(path, inputs, option)
         else:
             raise PipelineError(f"unsupported data file type '{path.suffix or path.name}'",
                                 path=path, field=option,
                                 fix="use .npy, .npz, a folder of images, or module:function")
     return validated(arrays, labels, inputs, source=spec, option=option, limit=limit,
-                     class_names=classes)
+                     class_names=classes, output_labels=output_labels)
 
 
 def validated(arrays: dict[str, np.ndarray], labels: np.ndarray | None,
               inputs: Sequence[TensorSpec], *, source: str, option: str,
-              limit: int | None = None, class_names=None) -> SampleSet:
+              limit: int | None = None, class_names=None,
+              output_labels: dict[str, np.ndarray] | None = None) -> SampleSet:
     counts = set()
     out = {}
     for spec in inputs:
@@ -115,15 +133,27 @@ def validated(arrays: dict[str, np.ndarray], labels: np.ndarray | None,
     if len(counts) > 1:
         raise PipelineError(f"inputs have different sample counts {sorted(counts)}", path=source,
                             field=option, fix="give every input the same number of samples")
+    count = counts.pop()
     if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
+        labels = np.asarray(labels)
+        labels = labels.reshape(-1) if labels.ndim <= 1 or labels.size == len(labels) else labels
         if limit is not None:
             labels = labels[:limit]
-        count = counts.pop()
         if len(labels) != count:
             raise PipelineError(f"{len(labels)} labels for {count} samples",
                                 path=source, field=option, fix="give one label per sample")
-    return SampleSet(inputs=out, labels=labels, source=source, class_names=class_names)
+    per_output = {}
+    for key, arr in (output_labels or {}).items():
+        arr = np.asarray(arr)
+        arr = arr.reshape(-1) if arr.ndim > 1 and arr.size == len(arr) else arr
+        if limit is not None:
+            arr = arr[:limit]
+        if arr.ndim == 0 or len(arr) != count:
+            raise PipelineError(f"'{key}' has {arr.shape[0] if arr.ndim else 0} labels for {count} samples",
+                                path=source, field=option, fix="give one label per sample")
+        per_output[key] = arr
+    return SampleSet(inputs=out, labels=labels, source=source, class_names=class_names,
+                     output_labels=per_output)
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -160,15 +190,17 @@ def _from_npz(path: Path, inputs, option):
     except (ValueError, OSError, EOFError) as exc:
         raise PipelineError(f"not a readable .npz archive: {exc}", path=path, field=option,
                             fix="save the samples with numpy.savez") from None
-    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+    names = {i.name for i in inputs}
+    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays and k not in names), None)
+    per_output = {k: arrays.pop(k) for k in list(arrays) if k.startswith(OUTPUT_LABEL_PREFIX) and k not in names}
     if all(i.name in arrays for i in inputs):
-        return {i.name: arrays[i.name] for i in inputs}, labels, None
+        return {i.name: arrays[i.name] for i in inputs}, labels, None, per_output
     if len(inputs) == 1:
         key = next((k for k in SINGLE_INPUT_KEYS if k in arrays), None)
         if key is None and len(arrays) == 1:
             key = next(iter(arrays))
         if key is not None:
-            return {inputs[0].name: arrays[key]}, labels, None
+            return {inputs[0].name: arrays[key]}, labels, None, per_output
     expected = ", ".join(i.name for i in inputs)
     raise PipelineError(f"arrays {sorted(arrays) or 'none'} do not match the model inputs ({expected})",
                         path=path, field=option,
@@ -209,7 +241,7 @@ def _from_image_folder(path: Path, inputs, limit, option):
     return {spec.name: np.stack(images)}, labels, tuple(classes) or None
 
 
-def _from_function(spec: str, inputs, limit, option):
+def _from_function(spec: str, inputs, limit, option, tuple_order=None):
     module_name, _, func_name = spec.partition(":")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -234,6 +266,10 @@ def _from_function(spec: str, inputs, limit, option):
         raise PipelineError(f"{spec}() raised {type(exc).__name__}: {exc}", path=spec,
                             field=option, fix="fix the data function") from None
     names = [i.name for i in inputs]
+    by_name = {i.name: i for i in inputs}
+    # tuples are in the Keras model's input order, which is not the TFLite file's (the converter
+    # orders a multi-input signature its own way): map them by name
+    order = list(tuple_order) if tuple_order and sorted(tuple_order) == sorted(names) else None
     columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for k, sample in enumerate(samples):
         if isinstance(sample, dict):
@@ -241,15 +277,22 @@ def _from_function(spec: str, inputs, limit, option):
             if missing:
                 raise PipelineError(f"sample {k} has keys {sorted(sample)}, missing {missing}",
                                     path=spec, field=option, fix=f"yield dicts keyed by {names}")
-            parts = [sample[n] for n in names]
+            parts, keys = [sample[n] for n in names], names
         elif isinstance(sample, (list, tuple)):
-            parts = list(sample)
+            if len(names) > 1 and order is None:
+                raise PipelineError(f"sample {k} is a tuple, but the order of this model's inputs "
+                                    f"({', '.join(names)}) is not known (a SavedModel or .tflite keeps no "
+                                    "Keras input order)", path=spec, field=option,
+                                    fix=f"yield dicts keyed by input name ({', '.join(names)}), or quantize "
+                                        "from the .keras file, which records the order")
+            parts, keys = list(sample), order or names
         else:
-            parts = [sample]
+            parts, keys = [sample], names
         if len(parts) != len(names):
             raise PipelineError(f"sample {k} has {len(parts)} arrays for {len(names)} inputs",
                                 path=spec, field=option, fix=f"yield dicts keyed by {names}")
-        for n, part, spec_ in zip(names, parts, inputs):
+        for n, part in zip(keys, parts):
+            spec_ = by_name[n]
             arr = np.asarray(part)
             if arr.shape == spec_.shape:  # a sample that already carries the batch dim of 1
                 arr = arr[0]

@@ -1,6 +1,8 @@
 """Golden vectors: the inputs a deployment is tested with and the outputs the TFLite Micro
 interpreter (the library the MCU runs) computes for them. Made once here and used by every
 consumer: the firmware embeds them, HIL runs them on a device, so both check the same thing.
+For a stateful model each vector's expected output is computed from the reset state (the TFLM
+worker resets before every sample): the firmware must reset before each vector too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,31 @@ class GoldenVectors:
         return len(self.names)
 
 
+def recorded_input_order(model_path: Path) -> list[str] | None:
+    """The Keras input order quantize recorded for this model file: tuples from
+    `module:function` follow it (a .tflite keeps no Keras order). Read from quantize's stage
+    record when it made this very file (during `invoke deploy` the report is written at the
+    end), else from the report's `quantize` section."""
+    import json
+
+    from .cache import STAGE_DIR, content_hash
+    from .report import read_report
+
+    sections = []
+    try:
+        record = json.loads((model_path.parent / STAGE_DIR / "quantize.json").read_text())
+        if (record.get("outputs") or {}).get(model_path.name) == content_hash(model_path):
+            sections.append(record.get("result") or {})
+    except (OSError, ValueError, AttributeError):
+        pass
+    sections.append(read_report(model_path.parent).get("quantize") or {})
+    for q in sections:
+        order = q.get("keras_inputs") if isinstance(q, dict) else None
+        if isinstance(order, list) and all(isinstance(n, str) for n in order):
+            return order
+    return None
+
+
 def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
                   data: str | None) -> tuple[list[np.ndarray], list[str], str]:
     """Quantized inputs: `data` samples, the demo's test digits, or seeded random values."""
@@ -38,7 +65,8 @@ def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
     specs = [TensorSpec(name, t.shape, "float32") for name, t in zip(model.input_names(), tensors)]
     real = None
     if data:
-        samples = load_samples(data, specs, limit=count, option="--data")
+        samples = load_samples(data, specs, limit=count, option="--data",
+                               tuple_order=recorded_input_order(model_path))
         real, source = [samples.inputs[s.name] for s in specs], data
         names = [f"{Path(data).name}[{i}]" for i in range(samples.count)]
     elif demo.is_demo_model(model_path, [s.sample_shape for s in specs]):

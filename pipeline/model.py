@@ -61,7 +61,10 @@ class WeightQuantization:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Float vs quantized model on the same samples, both run in the LiteRT interpreter."""
+    """Float vs quantized model on the same samples, both run in the LiteRT interpreter (float:
+    default kernels; quantized: the built-in kernels without delegates, the Edge TPU's CPU
+    model). `outputs` holds every output's task and metrics (`pipeline.evaluation`); the flat
+    accuracy fields are those of the first classification output (None without one)."""
 
     samples: int
     source: str
@@ -69,9 +72,10 @@ class Evaluation:
     interpreter: str
     float_accuracy: float | None
     quantized_accuracy: float | None
-    top1_agreement: float
+    top1_agreement: float | None
     max_abs_error: float
     mean_abs_error: float
+    outputs: tuple[dict[str, Any], ...] = ()
 
     @property
     def accuracy_drop_points(self) -> float | None:
@@ -85,7 +89,7 @@ class Evaluation:
                 "quantized_accuracy": self.quantized_accuracy,
                 "accuracy_drop_points": self.accuracy_drop_points,
                 "top1_agreement": self.top1_agreement, "max_abs_error": self.max_abs_error,
-                "mean_abs_error": self.mean_abs_error}
+                "mean_abs_error": self.mean_abs_error, "outputs": list(self.outputs)}
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,12 @@ class QuantizeResult:
     evaluation: Evaluation | None
     tool_versions: dict[str, str] = field(default_factory=dict)
     labels: tuple[str, ...] | None = None
+    keras_inputs: tuple[str, ...] | None = None  # Keras input order (tuples follow it); None: unknown
+    keras_outputs: tuple[str, ...] | None = None  # Keras output names; signature output_k is output k
+    float_ops: tuple[dict[str, Any], ...] = ()  # ops left in float: op, Keras layer, replacement
+    layer_fixes: tuple[dict[str, Any], ...] = ()  # float ops and ops no target has a kernel for
+    rewrites: tuple[dict[str, Any], ...] = ()  # changes made to the model before export (unroll)
+    op_layers: tuple[dict[str, Any], ...] = ()  # per op of the quantized model: its Keras layer
 
     @property
     def deployable_to(self) -> tuple[str, ...]:
@@ -132,6 +142,13 @@ class QuantizeResult:
             "calibration": self.calibration,
             "evaluation": self.evaluation.to_json() if self.evaluation else None,
             "labels": list(self.labels) if self.labels else None,
+            "keras_inputs": list(self.keras_inputs) if self.keras_inputs is not None else None,
+            "keras_outputs": list(self.keras_outputs) if self.keras_outputs is not None else None,
+            "float_ops": list(self.float_ops),
+            "layer_fixes": list(self.layer_fixes),
+            "rewrites": list(self.rewrites),
+            "op_layers": list(self.op_layers),
+            "fully_integer": not self.float_ops,
             "tool_versions": self.tool_versions,
         }
 
@@ -167,9 +184,53 @@ class CompileOptions:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Defaults: the int8 model must match across interpreters exactly, keep top-1 with the
-    float model on 95% of samples, and lose at most 1 accuracy point."""
+    """What `verify` requires, per output and per target (each measured on the target's own
+    runtime against the float model; README "Verification" has the evidence for the defaults):
+    - LiteRT's reference kernels and TFLM may differ by `max_lsb_litert_vs_tflm` steps at 8 bits
+      (scaled by 2^(bits-8) for 16-bit outputs): measured on the zoo, every difference starts at
+      a FULLY_CONNECTED that rounds 1 LSB apart in the two; feed-forward nets grow it to at most
+      9 LSB at a softmax output, a 16-step GRU to 8, a 16-step int8 LSTM to 26; a corrupted
+      kernel input differs by 100-200 at that op (32 is an eighth of the int8 range);
+    - classification: top-1 agreement with float, and (with labels) the accuracy drop in points;
+    - regression / reconstruction: RMSE relative to the float output's spread, the share of
+      float values clipped at the quantized output's range, and (anomaly labels) the AUC drop."""
 
-    max_lsb_litert_vs_tflm: int = 0
+    max_lsb_litert_vs_tflm: int = 32
     min_top1_agreement: float = 0.95
     max_accuracy_drop_points: float = 1.0
+    max_error_vs_spread: float = 0.1
+    max_clipped_fraction: float = 0.01
+    max_auc_drop: float = 0.01
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_lsb": self.max_lsb_litert_vs_tflm, "min_agreement": self.min_top1_agreement,
+                "max_drop": self.max_accuracy_drop_points, "max_rel_error": self.max_error_vs_spread,
+                "max_clipped": self.max_clipped_fraction, "max_auc_drop": self.max_auc_drop}
+
+
+# Bits of an integer tensor type: LSB tolerances are given at 8 bits and scaled by 2^(bits-8).
+DTYPE_BITS = {"int8": 8, "uint8": 8, "int16": 16, "int32": 32}
+
+
+def quantization_scheme(model) -> str:
+    """What a user calls the model: `int16x8` when most quantized activations are int16 (an int8
+    LSTM's int16 cell state does not make it one), `int8` when they are 8-bit, `float` when
+    nothing is quantized. Named once here: check, verify and the report use it."""
+    counts = {"int8": 0, "int16": 0}
+    for t in model.main.tensors:
+        if t.is_constant or not t.quantization:
+            continue
+        if t.dtype in ("int8", "uint8"):
+            counts["int8"] += 1
+        elif t.dtype == "int16":
+            counts["int16"] += 1
+    if not counts["int8"] and not counts["int16"]:
+        return "float"
+    return "int16x8" if counts["int16"] > counts["int8"] else "int8"
+
+
+def is_stateful(model) -> bool:
+    """The model keeps state across invokes in variable tensors (a fused LSTM's h and c, SVDF's
+    activation state): run sample by sample, each sample must start from the reset state, or
+    every output after the first depends on the samples before it."""
+    return any(t.is_variable for sg in model.subgraphs for t in sg.tensors)

@@ -23,7 +23,7 @@ SETTINGS: dict[str, tuple[type, Any]] = {
     "model": (str, "demo"), "out": (str, "build"), "samples": (int, 200), "data": (str, None),
     "eval_data": (str, None), "io_type": (str, None), "name": (str, None), "target": (str, "all"),
     "board": (str, None), "board_file": (str, None), "compiler": (str, None), "port": (str, None),
-    "baud": (int, 115200),
+    "baud": (int, 115200), "mode": (str, "int8"),
 }
 ENV_PREFIX = "INVOKE_PIPELINE"
 FIX = "see README.md, 'Configuration, committed once'"
@@ -158,6 +158,10 @@ OPTION_RANGES: dict[str, tuple[float, float, bool]] = {
     "--max-lsb": (0, 65_535, True),
     "--min-agreement": (0.0, 1.0, True),
     "--max-drop": (0.0, 100.0, True),
+    "--max-rel-error": (0.0, 1_000.0, True),
+    "--max-clipped": (0.0, 1.0, True),
+    "--max-auc-drop": (0.0, 1.0, True),
+    "--verify-samples": (1, 100_000, True),
     "--timeout": (0.0, 86_400.0, False),
     "--retries": (0, 100, True),
     "--baud": (50, 10_000_000, True),

@@ -89,7 +89,7 @@ def test_function_source_dicts_tuples_and_errors(tmp_path, monkeypatch):
         "NOT_CALLABLE = 3\n")
     monkeypatch.chdir(tmp_path)
     assert load_samples("gen_mod:dicts", [IMAGE, EXTRA]).count == 3
-    assert load_samples("gen_mod:tuples", [IMAGE, EXTRA]).count == 2
+    assert load_samples("gen_mod:tuples", [IMAGE, EXTRA], tuple_order=["image", "extra"]).count == 2
     with pytest.raises(PipelineError, match="yielded no samples"):
         load_samples("gen_mod:nothing", [IMAGE])
     with pytest.raises(PipelineError, match="raised RuntimeError: disk on fire"):
@@ -106,3 +106,34 @@ def test_precheck_only_checks_paths():
     with pytest.raises(PipelineError, match="no such file") as info:
         precheck_data_spec("missing.npz", "--eval-data")
     assert info.value.field == "--eval-data"
+
+
+UNIT = TensorSpec("unit", (1, 16), "float32")
+PERCENT = TensorSpec("percent", (1, 16), "float32")
+
+
+def test_tuples_follow_the_keras_input_order_not_the_tflite_order(tmp_path, monkeypatch):
+    """Two equally shaped inputs: the TFLite file lists `percent` first, Keras built (unit,
+    percent). Matched by position in the file's order, the [0, 100] data fed the [0, 1] input."""
+    (tmp_path / "pairs.py").write_text(
+        "import numpy as np\n"
+        "def pairs():\n"
+        "    return [(np.full(16, 0.5, np.float32), np.full(16, 50.0, np.float32))] * 3\n")
+    monkeypatch.chdir(tmp_path)
+    s = load_samples("pairs:pairs", [PERCENT, UNIT], tuple_order=["unit", "percent"])
+    assert s.inputs["unit"].max() == 0.5 and s.inputs["percent"].max() == 50.0
+    with pytest.raises(PipelineError, match="order of this model's inputs .* is not known") as info:
+        load_samples("pairs:pairs", [PERCENT, UNIT])
+    assert "dicts keyed by input name" in info.value.fix
+
+
+def test_labels_per_output(tmp_path):
+    np.savez(tmp_path / "e.npz", unit=np.zeros((5, 16), np.float32), percent=np.zeros((5, 16), np.float32),
+             y=np.arange(5), y_value=np.linspace(0, 1, 5).reshape(5, 1), y_kind=np.arange(5) % 3)
+    s = load_samples(str(tmp_path / "e.npz"), [UNIT, PERCENT], limit=4)
+    assert sorted(s.output_labels) == ["y_kind", "y_value"] and s.output_labels["y_value"].shape == (4,)
+    assert sorted(s.label_arrays()) == ["y", "y_kind", "y_value"]
+    np.savez(tmp_path / "bad.npz", unit=np.zeros((5, 16), np.float32), percent=np.zeros((5, 16), np.float32),
+             y_value=np.zeros(3))
+    with pytest.raises(PipelineError, match="'y_value' has 3 labels for 5 samples"):
+        load_samples(str(tmp_path / "bad.npz"), [UNIT, PERCENT])

@@ -90,13 +90,15 @@ def test_force_reruns_and_a_removed_output_is_rebuilt(deployed):
 
 def test_each_target(deployed):
     out, _ = deployed
+    # verify measures each target on its own runtime: another target is another verification
     edgetpu = deploy(DeployRequest(out=out, target="edgetpu"))
     assert statuses(edgetpu) == {"quantize": "skipped", "check": "ran", "compile": "no compiler",
-                                 "firmware": "not applicable", "verify": "skipped",
+                                 "firmware": "not applicable", "verify": "ran",
                                  "diagnose": "not applicable"}
+    assert {c["target"] for c in edgetpu.stage("verify").result["checks"]} == {"edgetpu"}
     tflm = deploy(DeployRequest(out=out, target="tflm", board="arduino-nano-33-ble-sense"))
     assert statuses(tflm) == {"quantize": "skipped", "check": "ran", "compile": "not applicable",
-                              "firmware": "ran", "verify": "skipped",
+                              "firmware": "ran", "verify": "ran",
                               "diagnose": "not applicable"}
     report = json.loads((out / "demo" / "report.json").read_text())
     assert report["check"]["board"]["board"] == "arduino-nano-33-ble-sense"
@@ -240,3 +242,41 @@ def test_invoke_deploy_diagnose_end_to_end(deployed):
     run = plain.stage("diagnose")
     assert run.status == "not applicable" and "every verify check passed" in run.note
     assert "This diagnosis is from an earlier run" in (d / "report.md").read_text()
+def test_a_failing_stage_still_prints_the_summary_and_writes_the_report(deployed):
+    """No device at --port: the hil stage fails (exit 2), after the summary and with the report
+    saying so, not keeping the previous run's verdict."""
+    out, _ = deployed
+    proc = subprocess.run(invoke_cmd() + ["deploy", "--out", str(out), "--port", "/nonexistent/ttyACM9"], cwd=ROOT,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "deploy demo (target all): NOT deployable" in proc.stdout and "hil       failed" in proc.stdout
+    assert proc.stderr.startswith("error: ") and "/nonexistent/ttyACM9" in proc.stderr
+    report = json.loads((out / "demo" / "report.json").read_text())
+    assert report["deploy"]["deployable"] is False and report["deploy"]["stages"]["hil"]["status"] == "failed"
+    assert "| hil | failed |" in (out / "demo" / "report.md").read_text()
+
+
+def test_a_model_too_big_for_the_board_ends_with_the_summary_and_the_report(tmp_path):
+    """1.1 M int8 weights on a 1 MiB-flash board: firmware refuses (exit 1), the summary and the
+    report say why."""
+    import keras
+
+    from pipeline.runtime.tf import import_tensorflow
+
+    import_tensorflow()
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((1024,), name="x"), keras.layers.Dense(1100, activation="relu"),
+                              keras.layers.Dense(4, activation="softmax")])
+    model.save(tmp_path / "big.keras")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((16, 1024), dtype=np.float32))
+    proc = subprocess.run(invoke_cmd() + ["-r", str(ROOT), "deploy", "--model", "big.keras", "--data", "cal.npy",
+                                          "--out", "build", "--target", "tflm", "--board", "arduino-nano-33-ble-sense",
+                                          "--samples", "16", "--verify-samples", "16"],
+                          cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "deploy big (target tflm): NOT deployable" in proc.stdout and "firmware  failed" in proc.stdout
+    assert "does not fit Arduino Nano 33 BLE Sense" in proc.stderr
+    report = json.loads((tmp_path / "build" / "big" / "report.json").read_text())
+    assert report["deploy"]["stages"]["firmware"]["status"] == "failed"
+    assert any("does not fit" in r for r in report["deploy"]["reasons"])
+    assert "**NOT deployable** to tflm." in (tmp_path / "build" / "big" / "report.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 
 import numpy as np
 import pytest
@@ -327,12 +328,16 @@ def _sine_layer_class():
     return SineLayer
 
 
-def test_ops_left_in_float_are_named(run_quantize, out_root, tmp_path, digits):
+def test_ops_left_in_float_are_written_and_named(run_quantize, tmp_path, digits):
     """SIN has no int8 kernel: the converter keeps it float between DEQUANTIZE/QUANTIZE and
-    reports success, so only reading the model back finds it."""
+    reports success. The model is written (check shows the rest) and the op is named by its
+    Keras layer with the fix; the quantize section says it is not full-integer. The layer class
+    is registered only in this process: the converter process cannot load it, so the model is
+    exported here and converted there."""
     import keras
 
     from pipeline.runtime.tf import import_tensorflow
+    from pipeline.stages.quantize import quantize_problems
 
     import_tensorflow()
     SineLayer = _sine_layer_class()
@@ -340,9 +345,133 @@ def test_ops_left_in_float_are_named(run_quantize, out_root, tmp_path, digits):
     inp = keras.Input((8, 8, 1))
     h = keras.layers.Flatten()(inp)
     h = keras.layers.Dense(16)(h)
-    h = SineLayer()(h)
+    h = SineLayer(name="sine")(h)
     out = keras.layers.Dense(10)(h)
     keras.Model(inp, out).save(tmp_path / "sin.keras")
     np.save(tmp_path / "cal.npy", digits.x_calibration[:30])
-    expect_bad(run_quantize, out_root, "bad_sin", r"stayed float.*SIN|cannot quantize.*Sin",
-               model=str(tmp_path / "sin.keras"), data=str(tmp_path / "cal.npy"))
+    r = run_quantize(name="float_sin", model=str(tmp_path / "sin.keras"), data=str(tmp_path / "cal.npy"))
+    assert r.quantized_model.is_file()
+    (op,) = r.float_ops
+    assert (op["op"], op["keras_layer"], op["layer_class"], op["in_float"]) == ("SIN", "sine", "SineLayer", True)
+    assert "host" in op["replacement"] and op["label"] == f"op {op['op_index']} SIN (layer `sine`, SineLayer)"
+    section = json.loads((r.output_dir / "report.json").read_text())["quantize"]
+    assert section["fully_integer"] is False and section["float_ops"] == [op]
+    (problem,) = quantize_problems(None, section)
+    assert "stayed float" in problem and "TFLM runs it as a float hybrid" in problem and "fix: " in problem
+    assert "| SIN | `sine` | SineLayer | float |" in (r.output_dir / "report.md").read_text()
+
+
+def test_a_lambda_keras_file_says_safe_mode_and_the_savedmodel_route(run_quantize, out_root, tmp_path):
+    import keras
+
+    from pipeline.runtime.tf import import_tensorflow
+
+    import_tensorflow()
+    inp = keras.Input((4,))
+    keras.Model(inp, keras.layers.Lambda(lambda t: keras.ops.sin(t))(inp)).save(tmp_path / "lam.keras")
+    np.save(tmp_path / "cal.npy", np.zeros((5, 4), np.float32))
+    err = expect_bad(run_quantize, out_root, "bad_lambda", "Lambda layer .*safe mode",
+                     model=str(tmp_path / "lam.keras"), data=str(tmp_path / "cal.npy"))
+    assert "SavedModel" in err.fix and "model.save(" not in err.fix
+
+
+# --- recurrent layers (TF 2.21's calibrator segfaults on their while loop) -----------------------
+
+@pytest.fixture(scope="module")
+def lstm_files(tmp_path_factory):
+    """An (untrained) Keras LSTM, as .keras and as SavedModels with a batch of 1 (the converter
+    then reaches the calibrator, which crashes) and a dynamic batch (it cannot lower the loop)."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.runtime.tf import captured_stderr, import_tensorflow
+
+    import_tensorflow()
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((6, 3), name="sequence")
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.LSTM(4, name="lstm")(inp)))
+    d = tmp_path_factory.mktemp("lstm")
+    model.save(d / "lstm.keras")
+    with captured_stderr():
+        model.export(str(d / "batch1"), format="tf_saved_model", verbose=False,
+                     input_signature=[tf.TensorSpec((1, 6, 3), tf.float32, name="sequence")])
+        model.export(str(d / "dynamic"), format="tf_saved_model", verbose=False)
+    np.save(d / "cal.npy", np.random.default_rng(0).normal(size=(20, 6, 3)).astype(np.float32))
+    return d
+
+
+def test_recurrent_keras_layers_convert_unrolled(run_quantize, lstm_files):
+    r = run_quantize(name="lstm_unrolled", model=str(lstm_files / "lstm.keras"), data=str(lstm_files / "cal.npy"))
+    (rewrite,) = r.rewrites
+    assert (rewrite["layer"], rewrite["class"], rewrite["change"], rewrite["sequence_length"]) == \
+        ("lstm", "LSTM", "unroll=True", 6)
+    assert rewrite["float_max_abs_difference"] < 1e-5 and rewrite["float_samples_compared"] == 16
+    assert "UNPACK" in rewrite["note"]
+    # the converter can leave an op of the unrolled cell in float (a SPLIT here): caught and named
+    assert all(o["keras_layer"] == "lstm" and o["layer_class"] == "LSTM" for o in r.float_ops)
+    assert "WHILE" not in read_model(r.quantized_model).op_names()
+
+
+def test_a_calibrator_crash_is_one_line_naming_the_recurrent_layer(lstm_files, tmp_path):
+    from conftest import ROOT, invoke_cmd
+
+    proc = subprocess.run(invoke_cmd() + ["-r", str(ROOT), "quantize", "--model", "batch1", "--data", "cal.npy",
+                                          "--out", str(tmp_path / "out")],
+                          cwd=lstm_files, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.stderr.strip().endswith(line)  # the last word, after the calibration-size warning
+    assert "crashed (SIGSEGV)" in line and "`lstm`" in line and "unroll=True" in line
+    assert not (tmp_path / "out" / "batch1" / "model_int8.tflite").exists()
+
+
+def test_the_converter_s_own_diagnostics_explain_a_failure(run_quantize, out_root, lstm_files):
+    """A dynamic batch leaves the LSTM's tensor-list ops, which the converter cannot lower: its
+    diagnostics (on the converter process's stderr) are read, not lost, and the layer named."""
+    err = expect_bad(run_quantize, out_root, "bad_dynamic_lstm", "cannot lower the while loop .* `lstm`",
+                     model=str(lstm_files / "dynamic"), data=str(lstm_files / "cal.npy"))
+    assert "unroll=True" in err.fix
+
+
+def test_ctrl_c_kills_the_converter_and_leaves_nothing(lstm_files, tmp_path):
+    """SIGINT while the converter process works: exit 130 with the usual line, the converter
+    process gone, no temporary folder left, no output written."""
+    import os
+    import signal
+    import time
+    import uuid
+
+    from conftest import ROOT, invoke_cmd
+
+    mark = uuid.uuid4().hex
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "EDGE_DEPLOY_TEST_MARK": mark}
+    proc = subprocess.Popen(invoke_cmd() + ["-r", str(ROOT), "quantize", "--model", "lstm.keras", "--data",
+                                            "cal.npy", "--out", str(tmp_path / "out")],
+                            cwd=lstm_files, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def converters() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                environ = open(f"/proc/{pid}/environ", "rb").read()
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if mark.encode() in environ and b"pipeline.runtime.convert" in cmdline:
+                found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 300
+    while not list(tmp.glob("quantize-*/child/request.json")) or not converters():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # the converter process is at work
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: previous outputs are intact" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert converters() == [] and list(tmp.iterdir()) == []
+    assert not (tmp_path / "out" / "lstm" / "model_int8.tflite").exists()

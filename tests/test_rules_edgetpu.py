@@ -191,3 +191,28 @@ def test_parameters_beyond_the_on_chip_cache_stream_off_chip():
     r = check_edgetpu(parse_model(mb.build([x], [y])))
     assert r.parameter_bytes == 9_000_000
     assert r.off_chip_bytes == 9_000_000 - table()["on_chip_parameter_cache_bytes"] > 0
+
+
+def test_an_int16x8_model_is_16_bit_activations_not_unquantized():
+    """int16x8 is quantized: the Edge TPU refuses its 16-bit activations, and the fix is --mode int8."""
+    r = check_edgetpu(parse_model(chain("RELU", (1, 8), (1, 8), dtype="int16")))
+    assert r.model_problem == DATA_TYPE and not r.compatible
+    assert "16-bit activations" in r.ops[0].fix and "--mode int8" in r.ops[0].fix
+
+
+def test_an_int8_model_with_one_int16_tensor_stays_int8():
+    """An int8 fused LSTM keeps its cell state in int16 and maps: most activations decide."""
+    from pipeline.model import quantization_scheme
+
+    mb = ModelBuilder()
+    x = mb.tensor("x", (1, 8))
+    h = mb.tensor("h", (1, 8))
+    c = mb.tensor("c", (1, 8), "int16", scale=1 / 2048)
+    y = mb.tensor("y", (1, 8))
+    mb.op("RELU", [x], [h])
+    mb.op("QUANTIZE", [h], [c])
+    mb.op("QUANTIZE", [c], [y])
+    model = parse_model(mb.build([x], [y]))
+    assert quantization_scheme(model) == "int8" and check_edgetpu(model).model_problem is None
+    assert quantization_scheme(parse_model(chain("RELU", (1, 8), (1, 8), dtype="int16"))) == "int16x8"
+    assert quantization_scheme(parse_model(chain("RELU", (1, 8), (1, 8), dtype="float32"))) == "float"

@@ -92,10 +92,27 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
         "check.json", "firmware.json", "quantize.json", "verify.json"]
 
 
-@pytest.mark.parametrize("option", ["--mode", "--io-type"])
-def test_help_documents_options(option):
-    proc = run_invoke("--help", "quantize")
+@pytest.mark.parametrize("task,option", [("quantize", "--mode"), ("quantize", "--io-type"), ("quantize", "--task"),
+                                         *[(t, o) for t in ("deploy", "verify") for o in (
+                                             "--task", "--max-lsb", "--min-agreement", "--max-drop",
+                                             "--max-rel-error", "--max-clipped", "--max-auc-drop", "--target")],
+                                         ("deploy", "--mode"), ("deploy", "--verify-samples")])
+def test_help_documents_options(task, option):
+    proc = run_invoke("--help", task)
     assert proc.returncode == 0 and option in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["deploy", "--task", "output_0"], "--task: 'output_0' is not OUTPUT=TASK"),
+    (["deploy", "--min-agreement", "5"], "--min-agreement: expected a number from 0 to 1"),
+    (["deploy", "--max-drop", "nan"], "--max-drop: expected a number of 0 or more"),
+    (["deploy", "--max-lsb", "-1"], "--max-lsb: expected a whole number of 0 or more"),
+    (["verify", "--samples", "0"], "--samples: expected a whole number of 1 or more"),
+    (["deploy", "--mode", "int4"], "unknown mode 'int4'")])
+def test_deploy_and_verify_options_are_checked_before_any_work(args, message, tmp_path):
+    proc = run_invoke(*args, "--out", str(tmp_path)) if args[0] == "deploy" else run_invoke(*args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_relative_paths_name_the_same_files_in_every_task(demo_int8, tmp_path):

@@ -30,6 +30,7 @@ class _Tensor:
     axis: int
     data: bytes | None
     shape_signature: tuple[int, ...] | None
+    variable: bool = False  # state kept across invokes (SVDF, LSTM), reset by the interpreters
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ModelBuilder:
     ops: list[_Op] = field(default_factory=list)
 
     def tensor(self, name: str, shape, dtype: str = "int8", *, scale=0.05, zero_point=0, axis=0,
-               data=None, shape_signature=None) -> int:
+               data=None, shape_signature=None, variable: bool = False) -> int:
         if scale is not None and not isinstance(scale, (tuple, list)):
             scale = (float(scale),)
         if zero_point is not None and not isinstance(zero_point, (tuple, list)):
@@ -57,7 +58,7 @@ class ModelBuilder:
         self.tensors.append(_Tensor(name, tuple(shape), dtype,
                                     tuple(scale) if scale and dtype != "float32" else None,
                                     tuple(zero_point) if scale and dtype != "float32" else None,
-                                    axis, raw, tuple(shape_signature) if shape_signature else None))
+                                    axis, raw, tuple(shape_signature) if shape_signature else None, variable))
         return len(self.tensors) - 1
 
     def const(self, name: str, values, dtype: str = "int32", **kw) -> int:
@@ -118,6 +119,8 @@ class ModelBuilder:
             tflite.TensorAddName(b, name)
             if quant is not None:
                 tflite.TensorAddQuantization(b, quant)
+            if t.variable:
+                tflite.TensorAddIsVariable(b, True)
             tensor_offsets.append(tflite.TensorEnd(b))
 
         codes: list[tuple[int, str | None, int]] = []

@@ -283,6 +283,11 @@ def _model_problem(model: TFLiteModel) -> tuple[str, str] | None:
                 "the file is corrupt or was calibrated on NaN/Inf data: quantize again (`invoke quantize`)")
     if any(t.is_dynamic for t in sg.tensors):
         return status("dynamic"), "fix every dimension (batch 1) before converting; `invoke quantize` does"
+    from ..model import quantization_scheme
+
+    if quantization_scheme(model) == "int16x8":  # most activations int16: not an int8 LSTM's cell state
+        return (status("data_type"), "16-bit activations (int16x8) are not supported on the Edge TPU: "
+                "quantize with --mode int8 (`invoke quantize --mode int8`)")
     quantized = any(t.dtype in EIGHT_BIT and t.quantization for t in sg.tensors if not t.is_constant)
     if not quantized:
         return status("not_quantized"), "full-integer post-training quantization: `invoke quantize`"

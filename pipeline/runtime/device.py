@@ -210,6 +210,9 @@ class Emulator:
         self.input_dtypes = [np.dtype(t.dtype) for t in model.main.input_tensors()]
         self.input_shapes = [t.shape for t in model.main.input_tensors()]
         self.outputs = len(model.main.outputs)
+        from ..model import is_stateful
+
+        self.stateful = is_stateful(model)  # reset before every RUN, as the firmware does
         self.fault = fault
         self.faulted = False
         self.master, self.slave = os.openpty()
@@ -237,6 +240,8 @@ class Emulator:
                           f"RUN needs {sum(self.input_sizes)} input bytes, got {len(frame.payload)}".encode())
         if self.fault == "hang":
             return None
+        if self.stateful:
+            self.interpreter.reset()
         offset = 0
         for i, (size, dtype, shape) in enumerate(zip(self.input_sizes, self.input_dtypes, self.input_shapes)):
             arr = np.frombuffer(frame.payload[offset:offset + size], dtype=dtype).reshape(shape)

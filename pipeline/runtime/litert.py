@@ -2,7 +2,15 @@
 
 Inputs go in as real numbers and outputs come back as real numbers: quantized I/O is
 quantized and dequantized here with the model's own scale and zero point, so a float model
-and its int8 twin can be compared sample by sample.
+and its int8 twin can be compared sample by sample. A stateful model (variable tensors) is
+reset before every sample: each is scored on its own, as the device runs it after a reset.
+
+LiteRT's reference kernels (`OpResolverType.BUILTIN_REF`, the twins of TFLM's) run in a worker
+process (`run_isolated`): their int8 SOFTMAX aborts in Prepare on tiny input scales (an
+untrained MobileNetV2), and an abort must not end the pipeline.
+Worker protocol: `python -m pipeline.runtime.litert RESOLVER MODEL IN.npz OUT.npz`; IN holds
+`input_<i>` (N, ...) in the model's input dtypes (subgraph input order), OUT gets `output_<k>`
+per subgraph output and `seconds` per invoke.
 """
 
 from __future__ import annotations
@@ -33,6 +41,13 @@ class LiteRTModel:
     those match TFLite Micro bit for bit, XNNPACK's int8 kernels can differ by a few LSB."""
 
     def __init__(self, model_content: bytes, source: str = "model", delegates: bool = True):
+        from ..model import is_stateful
+        from ..tflite_model import parse_model
+
+        try:
+            self.stateful = is_stateful(parse_model(model_content, source=str(source)))
+        except PipelineError:
+            self.stateful = False  # LiteRT's own load below says what is wrong
         try:
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError:
@@ -76,7 +91,11 @@ class LiteRTModel:
         return out
 
     def output_names(self) -> list[str]:
-        return sorted(self.output_details)
+        """In Keras output order: `output_k` is Keras output k, so names sort by their numbers
+        (output_2 before output_10)."""
+        from ..evaluation import natural_key
+
+        return sorted(self.output_details, key=natural_key)
 
     def median_latency_ms(self, samples: SampleSet, runs: int = 20) -> float:
         """Median wall time of one inference on the first sample (after one warm-up)."""
@@ -104,7 +123,7 @@ class LiteRTModel:
     def _run(self, samples: SampleSet) -> list[np.ndarray]:
         from ..console import Progress
 
-        outputs: dict[str, list[np.ndarray]] = {name: [] for name in sorted(self.output_details)}
+        outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names()}
         with Progress(f"evaluating {samples.count} samples", samples.count) as progress:
             for i in range(samples.count):
                 self._run_one(samples, i, outputs)
@@ -112,6 +131,8 @@ class LiteRTModel:
         return [np.stack(v) for v in outputs.values()]
 
     def _run_one(self, samples: SampleSet, i: int, outputs: dict[str, list[np.ndarray]]) -> None:
+        if self.stateful:
+            self.interpreter.reset_all_variables()
         result = self.runner(**self._feed(samples, i))
         for name in outputs:
             outputs[name].append(np.asarray(result[name])[0])
@@ -137,3 +158,82 @@ class _TensorNameRunner:
             self.interpreter.set_tensor(self.inputs[name]["index"], value)
         self.interpreter.invoke()
         return {name: self.interpreter.get_tensor(d["index"]) for name, d in self.outputs.items()}
+
+
+# --- LiteRT in a worker process --------------------------------------------------------------------
+
+_TIMEOUT_S = 600
+RESOLVERS = ("BUILTIN_REF", "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN")
+
+
+def run_isolated(model_path, inputs: list[np.ndarray], resolver: str = "BUILTIN_REF") -> tuple[list[np.ndarray], np.ndarray]:
+    """Raw outputs per subgraph output, each (N, ...), and the seconds of each invoke, from
+    LiteRT with `resolver` in a worker process. Raises PipelineError when it fails or aborts."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from .. import PROJECT_DIR
+    from .process import signal_name
+
+    with tempfile.TemporaryDirectory(prefix="litert-run-") as tmp:
+        src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
+        cmd = [sys.executable, "-m", "pipeline.runtime.litert", resolver, str(model_path), str(src), str(dst)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S, cwd=PROJECT_DIR,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"LiteRT ({resolver}) did not finish within {_TIMEOUT_S} s", path=model_path,
+                                field="litert") from None
+        if proc.returncode != 0 or not dst.is_file():
+            from .tflm_runner import explain_tflm_error
+
+            raise PipelineError(f"LiteRT ({resolver}) failed ({signal_name(proc.returncode)}): "
+                                f"{explain_tflm_error(proc.stderr)}", path=model_path, field="litert",
+                                fix="run `invoke check` on the model: it names the ops and the quantization "
+                                    "scales the kernels cannot hold")
+        with np.load(dst) as out:
+            count = len([k for k in out.files if k.startswith("output_")])
+            return [out[f"output_{k}"] for k in range(count)], out["seconds"]
+
+
+def _worker(resolver: str, model_path: str, src: str, dst: str) -> int:
+    import time
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from ..model import is_stateful
+    from ..tflite_model import read_model
+
+    warnings.simplefilter("ignore")
+    stateful = is_stateful(read_model(model_path))
+    interp = Interpreter(model_path=model_path, num_threads=1,
+                         experimental_op_resolver_type=getattr(OpResolverType, resolver))
+    interp.allocate_tensors()
+    ins = interp.get_input_details()
+    outs = interp.get_output_details()
+    with np.load(src) as f:
+        inputs = [f[f"input_{i}"] for i in range(len(ins))]
+    results: list[list[np.ndarray]] = [[] for _ in outs]
+    seconds = []
+    for n in range(len(inputs[0])):
+        if stateful:
+            interp.reset_all_variables()
+        for d, arr in zip(ins, inputs):
+            interp.set_tensor(d["index"], arr[n:n + 1])
+        start = time.perf_counter()
+        interp.invoke()
+        seconds.append(time.perf_counter() - start)
+        for k, d in enumerate(outs):
+            results[k].append(np.array(interp.get_tensor(d["index"]))[0])
+    np.savez(dst, seconds=np.array(seconds), **{f"output_{k}": np.stack(v) for k, v in enumerate(results)})
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_worker(*sys.argv[1:5]))

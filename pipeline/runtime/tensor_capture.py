@@ -123,12 +123,17 @@ def _main(runtime: str, model_path: str, src: str, dst: str, arena: int) -> int:
     with np.load(src) as f:
         inputs = [f[f"input_{i}"] for i in range(len(f.files))]
     if runtime == "tflm":
-        run, get = _tflm(data, model, arena)
+        run, get, reset = _tflm(data, model, arena)
     else:
-        run, get = _litert(data, model, _LITERT_RESOLVERS[runtime])
+        run, get, reset = _litert(data, model, _LITERT_RESOLVERS[runtime])
     values: dict[int, list[np.ndarray]] = {t: [] for t in wanted}
     seconds = []
+    from ..model import is_stateful
+
+    stateful = is_stateful(model)  # each sample from the reset state, as verify runs it
     for n in range(len(inputs[0])):
+        if stateful:
+            reset()
         start = time.perf_counter()
         run([arr[n:n + 1] for arr in inputs])
         seconds.append(time.perf_counter() - start)
@@ -157,7 +162,7 @@ def _litert(data: bytes, model: TFLiteModel, resolver: str):
     def get(t):
         return np.array(interp.get_tensor(t))[0]
 
-    return run, get
+    return run, get, interp.reset_all_variables
 
 
 def _tflm(data: bytes, model: TFLiteModel, arena: int):
@@ -175,7 +180,7 @@ def _tflm(data: bytes, model: TFLiteModel, arena: int):
         # tensor_data is a view of the arena: copy before the next invoke overwrites it
         return np.array(interp.GetTensor(t, 0)["tensor_data"])[0]
 
-    return run, get
+    return run, get, interp.reset
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Run samples through the TFLM Python interpreter in a separate process.
 
 The interpreter can abort() the whole process, so it never runs inside the pipeline. Used for
-the firmware's golden outputs (the same library the device runs) and by verification.
+the firmware's golden outputs (the same library the device runs) and by verification. A
+stateful model (variable tensors: a fused LSTM's h and c, SVDF's state) is reset before every
+sample (`Interpreter.reset()`): each sample is computed as a device computes it after a reset,
+never from the state the previous sample left.
 
 Worker protocol: `python -m pipeline.runtime.tflm_runner MODEL IN.npz OUT.npz ARENA OUTPUTS`; IN holds
 `input_<i>` arrays (N, ...) in the model's input dtypes, OUT gets `output_<i>` arrays.
@@ -81,7 +84,11 @@ def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
     import numpy as np
     from tflite_micro.python.tflite_micro import runtime
 
+    from ..model import is_stateful
+    from ..tflite_model import parse_model
+
     data = Path(model).read_bytes()
+    stateful = is_stateful(parse_model(data, source=model))
     interp = runtime.Interpreter.from_bytes(data, arena_size=arena or None)
     with np.load(src) as f:
         inputs = [f[f"input_{i}"] for i in range(len(f.files))]
@@ -90,6 +97,8 @@ def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
     outputs: list[list[np.ndarray]] = [[] for _ in range(count)]
     seconds = []
     for n in range(len(inputs[0])):
+        if stateful:
+            interp.reset()
         for i, arr in enumerate(inputs):
             interp.set_input(arr[n:n + 1], i)
         start = time.perf_counter()

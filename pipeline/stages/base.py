@@ -70,6 +70,7 @@ class DeployRequest:
     tolerance: int = 0
     thresholds: Thresholds = field(default_factory=Thresholds)
     verify_samples: int = 200
+    tasks: tuple[str, ...] = ()  # --task OUTPUT=TASK: overrides of the detected output tasks
     hil_timeout_s: float = 5.0
     hil_retries: int = 2
     keras_model: str | None = None  # confirms layer names (check, diagnose); deploy: --model
