@@ -121,30 +121,18 @@ TASK_HELP = ("an output's task, OUTPUT=classification|regression|reconstruction 
 
 def _thresholds(max_lsb=None, min_agreement=None, max_drop=None, max_rel_error=None, max_clipped=None,
                 max_auc_drop=None):
-    """The verify thresholds from the command line, checked: a ratio is 0..1, nothing negative or NaN."""
-    import math
-
+    """The verify thresholds from the command line, each checked against its range
+    (pipeline/settings.py OPTION_RANGES: a ratio is 0..1, nothing negative or NaN)."""
     from pipeline.model import Thresholds
 
     d = Thresholds()
-
-    def number(value, option, default, *, ratio=False):
-        x = _float_option(value, option, default)
-        if not math.isfinite(x) or x < 0 or (ratio and x > 1):
-            raise Exit(f"error: {option}: expected a number {'from 0 to 1' if ratio else 'of 0 or more'}, "
-                       f"got '{value}'", code=2)
-        return x
-
-    lsb = _int_option(max_lsb, "--max-lsb") if max_lsb is not None else d.max_lsb_litert_vs_tflm
-    if lsb < 0:
-        raise Exit(f"error: --max-lsb: expected a whole number of 0 or more, got '{max_lsb}'", code=2)
     return Thresholds(
-        max_lsb_litert_vs_tflm=lsb,
-        min_top1_agreement=number(min_agreement, "--min-agreement", d.min_top1_agreement, ratio=True),
-        max_accuracy_drop_points=number(max_drop, "--max-drop", d.max_accuracy_drop_points),
-        max_error_vs_spread=number(max_rel_error, "--max-rel-error", d.max_error_vs_spread),
-        max_clipped_fraction=number(max_clipped, "--max-clipped", d.max_clipped_fraction, ratio=True),
-        max_auc_drop=number(max_auc_drop, "--max-auc-drop", d.max_auc_drop, ratio=True))
+        max_lsb_litert_vs_tflm=_int_option(max_lsb, "--max-lsb") if max_lsb is not None else d.max_lsb_litert_vs_tflm,
+        min_top1_agreement=_float_option(min_agreement, "--min-agreement", d.min_top1_agreement),
+        max_accuracy_drop_points=_float_option(max_drop, "--max-drop", d.max_accuracy_drop_points),
+        max_error_vs_spread=_float_option(max_rel_error, "--max-rel-error", d.max_error_vs_spread),
+        max_clipped_fraction=_float_option(max_clipped, "--max-clipped", d.max_clipped_fraction),
+        max_auc_drop=_float_option(max_auc_drop, "--max-auc-drop", d.max_auc_drop))
 
 
 def _tasks(values) -> tuple[str, ...]:
@@ -438,12 +426,7 @@ def verify(c, model=None, data=None, samples=None, target="all", task=None, max_
 
 
 def _positive(value, option: str, default: int) -> int:
-    if value is None:
-        return default
-    n = _int_option(value, option)
-    if n < 1:
-        raise Exit(f"error: {option}: expected a whole number of 1 or more, got '{value}'", code=2)
-    return n
+    return default if value is None else _int_option(value, option)
 
 
 @task(help={

@@ -104,10 +104,10 @@ def test_help_documents_options(task, option):
 
 @pytest.mark.parametrize("args,message", [
     (["deploy", "--task", "output_0"], "--task: 'output_0' is not OUTPUT=TASK"),
-    (["deploy", "--min-agreement", "5"], "--min-agreement: expected a number from 0 to 1"),
-    (["deploy", "--max-drop", "nan"], "--max-drop: expected a number of 0 or more"),
-    (["deploy", "--max-lsb", "-1"], "--max-lsb: expected a whole number of 0 or more"),
-    (["verify", "--samples", "0"], "--samples: expected a whole number of 1 or more"),
+    (["deploy", "--min-agreement", "5"], "--min-agreement: must be at most 1, got 5"),
+    (["deploy", "--max-drop", "nan"], "--max-drop: expected a finite number, got nan"),
+    (["deploy", "--max-lsb", "-1"], "--max-lsb: must be at least 0, got -1"),
+    (["verify", "--samples", "0"], "--samples: must be at least 1, got 0"),
     (["deploy", "--mode", "int4"], "unknown mode 'int4'")])
 def test_deploy_and_verify_options_are_checked_before_any_work(args, message, tmp_path):
     proc = run_invoke(*args, "--out", str(tmp_path)) if args[0] == "deploy" else run_invoke(*args)
