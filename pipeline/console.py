@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .boards import fit_line
+
 _QUIET_FOR_S = 1.0  # work that finishes sooner shows no progress at all
 _LINE_STEPS = (25, 50, 75)  # percent marks printed when stderr is not a terminal
 _LOG_WIDTH = 10_000  # not a terminal: never wrap a line a script may grep
@@ -169,8 +171,7 @@ def deploy_summary(result) -> Table:
         rows.append(("TFLM", f"{state}; arena {t['arena_bytes']} B measured" if t["arena_bytes"] else state))
     if c.get("board"):
         b = c["board"]
-        rows.append(("board", f"{b['name']}: flash {b['flash']['headroom_percent']}% free, "
-                              f"RAM {b['ram']['headroom_percent']}% free"))
+        rows.append(("board", fit_line(b)))
     if f:
         rows.append(("firmware", f"{out_dir / f['output_dir']}/ ({len(f['files'])} files, arena {f['arena_bytes']} B, "
                                  f"{f['test_vectors']} golden vectors)"))
@@ -359,10 +360,7 @@ def _check_verdicts(r) -> list[str]:
         lines += [f"           note: {note}" for note in t.notes]
     if r.board:
         b = r.board
-        lines.append(f"Board    : {b['name']}: flash {b['flash']['needed_bytes']}/{b['flash']['capacity_bytes']} B "
-                     f"({b['flash']['headroom_percent']}% free), RAM {b['ram']['needed_bytes']}/"
-                     f"{b['ram']['capacity_bytes']} B ({b['ram']['headroom_percent']}% free)"
-                     + ("" if b["flash"]["fits"] and b["ram"]["fits"] else "  DOES NOT FIT"))
+        lines.append(f"Board    : {fit_line(b)}")
     return lines
 
 
