@@ -58,11 +58,12 @@ def check_writable(path: Path, *, option: str = "--out") -> Path:
     return path
 
 
-def checked_input(path: Path, *, option: str, max_bytes: int, kind: str = "file",
-                  error=PipelineError, fix: str | None = None) -> int:
+def checked_input(path: Path, *, option: str, max_bytes: int | None, kind: str = "file",
+                  error=PipelineError, fix: str | None = None, allow_dir: bool = False) -> int:
     """A file the user gave us, before it is opened: it exists (a symlink loop is named as
     such), it is a regular file (a FIFO or a device would block or never end), and it is not
-    larger than `max_bytes`. Returns its size."""
+    larger than `max_bytes` (None: the reader bounds what it takes). `allow_dir`: a folder is
+    accepted too (an image folder, a SavedModel). Returns its size."""
     import stat as stat_module
 
     try:
@@ -75,11 +76,13 @@ def checked_input(path: Path, *, option: str, max_bytes: int, kind: str = "file"
                         fix="point the option at the real file") from None
         raise error(f"cannot read: {exc.strerror or exc}", path=path, field=option, fix=fix) from None
     if stat_module.S_ISDIR(info.st_mode):
+        if allow_dir:
+            return info.st_size
         raise error(f"is a directory, not a {kind}", path=path, field=option, fix=fix)
     if not stat_module.S_ISREG(info.st_mode):
         raise error(f"is not a regular file (a FIFO, socket or device): not a {kind}", path=path, field=option,
                     fix=fix or f"pass a {kind} saved on disk")
-    if info.st_size > max_bytes:
+    if max_bytes is not None and info.st_size > max_bytes:
         raise error(f"is {info.st_size} bytes, more than the {max_bytes >> 20} MiB a {kind} may have here",
                     path=path, field=option, fix=fix or f"pass a {kind} under {max_bytes >> 20} MiB")
     return info.st_size

@@ -137,3 +137,125 @@ def test_labels_per_output(tmp_path):
              y_value=np.zeros(3))
     with pytest.raises(PipelineError, match="'y_value' has 3 labels for 5 samples"):
         load_samples(str(tmp_path / "bad.npz"), [UNIT, PERCENT])
+
+
+# --- reading with limits (issue 16): headers first, only the samples asked for ---------------
+
+def _npy_header_only(path, shape, payload=1024):
+    from numpy.lib import format as npformat
+
+    with path.open("wb") as f:
+        npformat.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.write(b"\0" * payload)
+    return path
+
+
+def test_a_header_declaring_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    path = _npy_header_only(tmp_path / "cal.npy", (10 ** 12, 8, 8, 1))
+    with pytest.raises(PipelineError, match=r"declares shape \(1000000000000, 8, 8, 1\).* only 1 KiB") as info:
+        load_samples(str(path), [IMAGE], limit=4)
+    assert info.value.field == "--data" and info.value.path == str(path)
+
+
+def test_more_than_the_memory_limit_is_refused(tmp_path, monkeypatch):
+    from pipeline import data
+
+    monkeypatch.setattr(data, "MAX_DATA_BYTES", 3 * 256)  # 3 samples of 8x8x1 float32
+    np.save(tmp_path / "cal.npy", np.zeros((10, 8, 8, 1), np.float32))
+    assert load_samples(str(tmp_path / "cal.npy"), [IMAGE], limit=3).count == 3
+    with pytest.raises(PipelineError, match="more than the .* one data source may take"):
+        load_samples(str(tmp_path / "cal.npy"), [IMAGE], limit=4)
+
+
+def test_only_the_samples_asked_for_are_read(tmp_path):
+    """The header says 1000 samples but only 4 are there: a reader that took the header's word
+    and read 4 finds them; the file-size check still sees the truncation."""
+    values = np.random.default_rng(0).random((1000, 8, 8, 1), dtype=np.float32)
+    np.save(tmp_path / "cal.npy", values)
+    s = load_samples(str(tmp_path / "cal.npy"), [IMAGE], limit=4)
+    np.testing.assert_array_equal(s.inputs["image"], values[:4])
+    np.savez_compressed(tmp_path / "cal.npz", x=values, y=np.arange(1000), unused=np.zeros(10))
+    s = load_samples(str(tmp_path / "cal.npz"), [IMAGE], limit=5)
+    np.testing.assert_array_equal(s.inputs["image"], values[:5])
+    assert s.labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_column_major_and_big_endian_arrays_load(tmp_path):
+    values = np.random.default_rng(1).random((6, 8, 8, 1)).astype(">f4")
+    np.save(tmp_path / "f.npy", np.asfortranarray(values))
+    np.testing.assert_array_equal(load_samples(str(tmp_path / "f.npy"), [IMAGE], limit=2).inputs["image"],
+                                  values[:2])
+
+
+def test_object_arrays_and_truncated_members_are_bad_input(tmp_path):
+    np.save(tmp_path / "o.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(PipelineError, match="holds Python objects"):
+        load_samples(str(tmp_path / "o.npy"), [IMAGE])
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "o.npy").read_bytes()[:20])
+    with pytest.raises(PipelineError, match="not a readable .npz archive"):
+        load_samples(str(tmp_path / "cut.npz"), [IMAGE])
+
+
+def test_special_files_and_symlink_loops_are_named(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "cal.npy")
+    with pytest.raises(PipelineError, match="not a regular file"):
+        precheck_data_spec(str(tmp_path / "cal.npy"))
+    (tmp_path / "loop.npz").symlink_to("loop.npz")
+    with pytest.raises(PipelineError, match="symlink loop"):
+        load_samples(str(tmp_path / "loop.npz"), [IMAGE])
+    (tmp_path / "imgs").mkdir()
+    os.mkfifo(tmp_path / "imgs" / "a.png")
+    with pytest.raises(PipelineError, match="not a regular file") as info:
+        load_samples(str(tmp_path / "imgs"), [IMAGE])
+    assert info.value.path.endswith("a.png")
+
+
+def test_an_image_larger_than_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from pipeline import data
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (100, 100)).save(tmp_path / "imgs" / "big.png")
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 99 * 100)
+    with pytest.raises(PipelineError, match="more than the .* Mpixel") as info:
+        load_samples(str(tmp_path / "imgs"), [IMAGE])
+    assert info.value.path.endswith("big.png")
+
+
+# --- module:function specs -------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, problem", [
+    (":samples", "no module name"), (".okmod:samples", "not an importable module name"),
+    ("a..b:samples", "not an importable module name"), ("okmod:", "no function name"),
+])
+def test_function_specs_python_cannot_import_are_refused_before_importing(spec, problem):
+    with pytest.raises(PipelineError, match=problem):
+        load_samples(spec, [IMAGE])
+
+
+@pytest.mark.parametrize("spec", ["cal:2024.npy", "evil:samples.npy", "data/x:y", "a:b c"])
+def test_a_missing_file_name_with_a_colon_is_a_missing_file(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.py").write_text("import pathlib\npathlib.Path('IMPORTED').write_text('ran')\n")
+    with pytest.raises(PipelineError, match="no such file"):
+        load_samples(spec, [IMAGE])
+    assert not (tmp_path / "IMPORTED").exists()
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("raise RuntimeError('boom\\nsecond line')\n", "importing it raised RuntimeError: boom second line"),
+    ("def samples(:\n    pass\n", r"syntax error \(m_.*\.py, line 1\)"),
+    ("import sys\nsys.exit(3)\n", r"calls sys.exit\(3\) when imported"),
+    ("import sys\ndef samples():\n    sys.exit(4)\n", r"called sys.exit\(4\)"),
+    ("import sys\ndef samples():\n    yield from ()\n    sys.exit(5)\n", r"called sys.exit\(5\)"),
+], ids=["raises", "syntax", "exit-at-import", "exit-in-function", "exit-in-generator"])
+def test_a_broken_data_module_is_bad_input(tmp_path, monkeypatch, request, source, problem):
+    name = f"m_{request.node.callspec.id.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=problem) as info:
+        load_samples(f"{name}:samples", [IMAGE])
+    assert "\n" not in info.value.message and info.value.field == "--data"

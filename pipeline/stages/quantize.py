@@ -28,7 +28,7 @@ from ..fileio import safe_name, write_bytes_atomic
 from ..runtime.litert import LiteRTModel, litert_version
 from ..model import (IO_TYPES, MODES, Evaluation, QuantizeResult, TensorSpec, WeightQuantization,
                     quantized_file_name)
-from ..fileio import check_output_folder, mark_output_folder
+from ..fileio import check_output_folder, checked_input, mark_output_folder
 from ..tflite_model import TFLiteModel, parse_model
 from ..cache import content_hash
 from ..versions import package_version
@@ -88,8 +88,8 @@ def resolve_model_source(spec: str, cache_dir: Path) -> ModelSource:
         return ModelSource("demo", demo.cached_model_path(cache_dir))  # trained on first use
     path = Path(spec)
     fix = "pass a .keras or .h5 file, a SavedModel directory, or 'demo'"
-    if not path.exists():
-        raise PipelineError("no such file or directory", path=path, field="--model", fix=fix)
+    # exists (a symlink loop named as one), a folder or a regular file (a FIFO would block)
+    checked_input(path, option="--model", max_bytes=None, kind="Keras model", fix=fix, allow_dir=True)
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise PipelineError("directory is not a SavedModel (no saved_model.pb)", path=path,
