@@ -93,10 +93,29 @@ def cached_model_path(cache_dir: Path) -> Path:
 
 
 def demo_model_path(cache_dir: Path) -> Path:
-    """Path of the trained demo model, training it first if this cache has none."""
+    """Path of the trained demo model in `cache_dir` (the output folder's `.cache`), training it
+    only if neither this folder nor the per-user cache has it: the same version trains once per
+    machine, however many output folders (or parallel test workers) ask for it."""
     path = cached_model_path(cache_dir)
     if path.is_file():
         return path
+    from .user_cache import cache_root, locked
+
+    shared_root = cache_root()
+    if shared_root is None:
+        return _train(path)
+    shared = shared_root / "demo" / path.name
+    with locked(shared.with_name(shared.name + ".lock")):
+        if not shared.is_file():
+            _train(shared)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, shared.read_bytes())
+    return path
+
+
+def _train(path: Path) -> Path:
+    """Train the demo model and save it atomically at `path`."""
+    cache_dir = path.parent
     log.info("training the demo model on scikit-learn digits (once; cached in %s)", cache_dir)
     from .runtime.tf import import_tensorflow
 

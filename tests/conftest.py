@@ -23,6 +23,20 @@ def coral_model(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_user_cache(tmp_path_factory) -> Path:
+    """One per-user cache (EDGE_DEPLOY_CACHE: the trained demo model, TFLM libraries) for the
+    whole run, shared by parallel workers (pytest -n; the tool locks its entries) and inherited
+    by every `invoke` subprocess: the demo trains once and each (toolchain, flags) compiles TFLM
+    once. Never the user's own ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    common = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = common / "user-cache"
+    path.mkdir(exist_ok=True)
+    os.environ["EDGE_DEPLOY_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def out_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("build")
@@ -63,9 +77,8 @@ FIRMWARE_TOOLS = ("cmake", "g++", "arm-none-eabi-gcc", "arm-none-eabi-g++", "qem
 
 @pytest.fixture(scope="session")
 def tflm_tree(tmp_path_factory):
-    """The tree the firmware tests build against, with the tools they need; one TFLM library
-    cache for the whole session (EDGE_DEPLOY_CACHE, inherited by `invoke` subprocesses), so each
-    (toolchain, flags) compiles TFLM once and every later test reuses it."""
+    """The tree the firmware tests build against, with the tools they need (the TFLM library
+    cache is `shared_user_cache`)."""
     import shutil
 
     from pipeline.stages.firmware_build import resolve_tree
@@ -78,7 +91,6 @@ def tflm_tree(tmp_path_factory):
     missing = [t for t in FIRMWARE_TOOLS if not shutil.which(t)]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (.ci/firmware-deps installs them)")
-    os.environ.setdefault("EDGE_DEPLOY_CACHE", str(tmp_path_factory.mktemp("tflm-cache")))
     return resolve_tree(path)
 
 

@@ -26,3 +26,13 @@ def test_trained_model_is_cached(demo_int8, out_root):
     before = cached.stat().st_mtime_ns
     assert demo.demo_model_path(out_root / ".cache") == cached
     assert cached.stat().st_mtime_ns == before  # not retrained
+
+
+def test_another_output_folder_takes_the_demo_from_the_user_cache(demo_int8, shared_user_cache, tmp_path):
+    """The per-user cache holds the trained demo: a new output folder copies it, never retrains
+    (a retrained model would be another file: Keras stamps the save time in it)."""
+    shared = shared_user_cache / "demo" / demo.cached_model_path(tmp_path).name
+    assert shared.is_file()
+    copied = demo.demo_model_path(tmp_path / "elsewhere" / ".cache")
+    assert copied.parent == tmp_path / "elsewhere" / ".cache"
+    assert copied.read_bytes() == shared.read_bytes()

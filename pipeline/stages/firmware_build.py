@@ -9,7 +9,6 @@ module decides what to build where, runs the tools, and reads their results.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,13 +17,13 @@ import re
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import TOOL_NAME, __version__
+from ..user_cache import cache_root, locked
 from ..boards import Board, get_board, linked_fit, measuring_board
 from ..errors import PipelineError
 from ..fileio import write_text_atomic
@@ -146,34 +145,12 @@ def _jobs() -> str:
 
 # --- the library cache ---------------------------------------------------------------------------
 
-def cache_root() -> Path | None:
-    """$EDGE_DEPLOY_CACHE (`off`: no cache), else $XDG_CACHE_HOME/edge-deploy, else ~/.cache/edge-deploy."""
-    value = os.environ.get("EDGE_DEPLOY_CACHE")
-    if value == "off":
-        return None
-    if value:
-        return Path(value).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / TOOL_NAME
-
-
 def _template_digest() -> str:
     h = hashlib.sha256()
     for rel in ("firmware/cmake/tflm.cmake.j2", "firmware/library/CMakeLists.txt.j2",
                 "firmware/cmake/arm-none-eabi.cmake.j2"):
         h.update((TEMPLATE_DIR / rel).read_bytes())
     return h.hexdigest()
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _library_key(tree: TflmTree, board: Board | None) -> tuple[str, str, str]:
@@ -199,7 +176,7 @@ def library(tree: TflmTree, board: Board | None, sources: list[str], *, project:
     key, build_type, flags = _library_key(tree, board)
     where = root / "tflm" / key[:20]
     lib = where / "build" / "libtflm.a"
-    with _locked(root / "tflm" / f"{key[:20]}.lock"):
+    with locked(root / "tflm" / f"{key[:20]}.lock"):
         known = set((where / "sources.txt").read_text().split("\n")) - {""} if (where / "sources.txt").is_file() else set()
         wanted = known | set(sources)
         if lib.is_file() and wanted == known:
