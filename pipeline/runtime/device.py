@@ -103,6 +103,14 @@ class DeviceError(PipelineError):
     """The device (or the link) failed: timeouts, damage, resets. Exit 2."""
 
 
+try:  # pyserial's flush() is tcdrain(): on a tty that went away it raises termios.error, no OSError
+    from termios import error as _termios_error
+
+    _TTY_ERRORS: tuple[type[BaseException], ...] = (_termios_error,)
+except ImportError:  # not a POSIX system
+    _TTY_ERRORS = ()
+
+
 class HilClient:
     def __init__(self, port: str, baud: int = 115200, timeout: float = 5.0, retries: int = 2):
         import serial  # pyserial
@@ -120,9 +128,27 @@ class HilClient:
         self.retried = 0
 
     def close(self) -> None:
-        self.serial.close()
+        import serial  # pyserial
+
+        try:
+            self.serial.close()
+        except (serial.SerialException, OSError, *_TTY_ERRORS):
+            pass  # a port that went away is closed already; the error that matters was raised
 
     def request(self, kind: int, payload: bytes = b"") -> Frame:
+        """One request and its reply, retried; a link that fails under us (pyserial's
+        SerialException: the cable pulled, the device reset and its tty went away) is a
+        DeviceError, not a traceback."""
+        import serial  # pyserial
+
+        try:
+            return self._request(kind, payload)
+        except (serial.SerialException, OSError, *_TTY_ERRORS) as exc:
+            raise DeviceError(f"the serial link failed: {exc}", path=self.port, field="--port",
+                              fix="check the device is still attached (a reset or a pulled cable closes the "
+                                  "port), then run again") from None
+
+    def _request(self, kind: int, payload: bytes) -> Frame:
         problems = []
         for attempt in range(self.retries + 1):
             self.seq = (self.seq + 1) & 0xFF
