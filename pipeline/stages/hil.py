@@ -39,9 +39,11 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
             tolerance: int = 0, timeout: float = 5.0, retries: int = 2) -> HilResult:
     """INFO (same model?), then every golden vector through RUN, compared with the host TFLM."""
     from ..golden import golden_vectors
+    from ..model import refuse_float_model
     from ..tflite_model import read_model
 
     model = read_model(model_path)
+    refuse_float_model(model)
     golden = golden_vectors(model, model_path, count, data)
     golden_in, names, expected = golden.inputs, golden.names, golden.expected
     sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
