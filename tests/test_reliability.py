@@ -1244,7 +1244,9 @@ def run_emulator(box: Sandbox, model, timeout: float = 20):
     first = b""
     while time.monotonic() - started < timeout and proc.poll() is None and not first.endswith(b"\n"):
         if select.select([proc.stdout], [], [], 0.1)[0]:
-            byte = proc.stdout.read(1)
+            # one byte from the pipe itself: proc.stdout.read(1) may pull the whole line into
+            # its buffer, where neither select() nor communicate() sees it again
+            byte = os.read(proc.stdout.fileno(), 1)
             if not byte:
                 break
             first += byte

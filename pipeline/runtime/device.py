@@ -223,15 +223,26 @@ class Emulator:
     outputs (wrong-output), or restart after the first RUN (reset)."""
 
     def __init__(self, model_path: Path, fault: str | None = None, arena: int | None = None):
-        from tflite_micro.python.tflite_micro import runtime
+        """The model is checked as the other tasks check it (a readable .tflite, every op one
+        TFLM has a kernel for), then served by the TFLM interpreter in a worker process, whose
+        loading is the interpreter check: an abort() in TFLM is an error, never the end of the
+        emulator. The arena: `arena`, else one the model surely fits (`host_arena_bytes`)."""
+        from ..errors import NotDeployableError
+        from ..rules.tflm import check_tflm
+        from ..tflite_model import read_model
+        from .tflm_runner import InterpreterProcess, host_arena_bytes
 
         if fault is not None and fault not in FAULTS:
             raise PipelineError(f"unknown fault '{fault}'", field="--fault", fix=f"use one of {', '.join(FAULTS)}")
+        model = read_model(model_path)
+        tflm = check_tflm(model, model_path, run_interpreter=False)  # the worker below runs it
+        if not tflm.compatible:
+            reasons = [f"op {v.index} {v.op}: {v.reason}" for v in tflm.ops if not v.supported]
+            reasons += [r for r in (tflm.model_problem,) if r]
+            raise NotDeployableError(f"the model does not run on TFLite Micro: {'; '.join(reasons)}",
+                                     path=model_path, field="--model", fix="see `invoke check --target tflm`")
         self.model_bytes = model_path.read_bytes()
-        self.interpreter = runtime.Interpreter.from_bytes(self.model_bytes, arena_size=arena or None)
-        from ..tflite_model import parse_model
-
-        model = parse_model(self.model_bytes, str(model_path))
+        self.interpreter = InterpreterProcess(model_path, arena or host_arena_bytes(model, len(self.model_bytes)))
         self.input_sizes = [int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in model.main.input_tensors()]
         self.input_dtypes = [np.dtype(t.dtype) for t in model.main.input_tensors()]
         self.input_shapes = [t.shape for t in model.main.input_tensors()]
@@ -247,6 +258,15 @@ class Emulator:
         tty.setraw(self.slave)
         tty.setraw(self.master)
         self.port = os.ttyname(self.slave)
+
+    def close(self) -> None:
+        """End the interpreter's worker and close the pty."""
+        self.interpreter.close()
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def info_payload(self) -> bytes:
         sha = hashlib.sha256(self.model_bytes).hexdigest()
