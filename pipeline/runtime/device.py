@@ -286,20 +286,20 @@ class Emulator:
                           f"RUN needs {sum(self.input_sizes)} input bytes, got {len(frame.payload)}".encode())
         if self.fault == "hang":
             return None
-        if self.stateful:
-            self.interpreter.reset()
-        offset = 0
-        for i, (size, dtype, shape) in enumerate(zip(self.input_sizes, self.input_dtypes, self.input_shapes)):
-            arr = np.frombuffer(frame.payload[offset:offset + size], dtype=dtype).reshape(shape)
-            self.interpreter.set_input(arr, i)
-            offset += size
-        start = time.perf_counter()
-        try:
+        try:  # RuntimeError: TFLM refused, or its worker process crashed (the next RUN restarts it)
+            if self.stateful:
+                self.interpreter.reset()
+            offset = 0
+            for i, (size, dtype, shape) in enumerate(zip(self.input_sizes, self.input_dtypes, self.input_shapes)):
+                arr = np.frombuffer(frame.payload[offset:offset + size], dtype=dtype).reshape(shape)
+                self.interpreter.set_input(arr, i)
+                offset += size
+            start = time.perf_counter()
             self.interpreter.invoke()
+            micros = int(1e6 * (time.perf_counter() - start))
+            out = b"".join(np.array(self.interpreter.get_output(k)).tobytes() for k in range(self.outputs))
         except RuntimeError as exc:
             return encode(ERROR, frame.seq, struct.pack("<H", E_INVOKE) + str(exc).encode())
-        micros = int(1e6 * (time.perf_counter() - start))
-        out = b"".join(np.array(self.interpreter.get_output(k)).tobytes() for k in range(self.outputs))
         if self.fault == "wrong-output":
             out = bytes((b + 1) & 0xFF for b in out)
         return encode(RUN_OK, frame.seq, struct.pack("<II", 0, micros) + out)
