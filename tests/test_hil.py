@@ -177,9 +177,9 @@ def test_the_emulator_survives_its_interpreter_crashing(tmp_path):
     import threading
 
     import numpy as np
+    from tflite_builder import ModelBuilder
 
     from pipeline.runtime.device import E_INVOKE, ERROR, RUN, RUN_OK, Emulator, Frame
-    from tflite_builder import ModelBuilder
 
     mb = ModelBuilder()
     x, y = mb.tensor("x", (1, 8)), mb.tensor("y", (1, 8))
