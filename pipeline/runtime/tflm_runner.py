@@ -185,7 +185,10 @@ class InterpreterProcess:
         import pickle
 
         if self.proc is None or self.proc.poll() is not None:
-            self._start()  # the previous worker crashed: a fresh interpreter, as after a reset
+            try:
+                self._start()  # the previous worker crashed: a fresh interpreter, as after a reset
+            except PipelineError as exc:
+                raise RuntimeError(exc.problem) from None
         message = pickle.dumps((name, args))
         try:
             self.proc.stdin.write(_CALL.pack(len(message)) + message)
