@@ -534,18 +534,25 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
 })
 def emulate(c, model=None, fault=None):
     """A device on a pseudo-terminal speaking the HIL protocol (TFLM interpreter behind it)."""
-    from pipeline.deploy import resolve_model
     from pipeline.runtime.device import Emulator
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
+    model = _setting(c, "model", model)
+    if model == "demo":  # the stage registry is imported only when the demo may need quantizing
+        from pipeline.deploy import resolve_model
+
+        path = _run(resolve_model, model, _path(_setting(c, "out", None)))
+    else:
+        path = _path(model)
     emulator = _run(Emulator, path, fault=fault)
     print(emulator.port, flush=True)  # the first line: rigs read the port path from it
     try:
         emulator.serve(stop=lambda: bool(stopping))
     except KeyboardInterrupt:
         pass
+    finally:
+        emulator.close()
 
 
 @task

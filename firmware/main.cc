@@ -97,6 +97,7 @@ uint32_t Clamp32(unsigned long long v) { return v > 0xFFFFFFFFull ? 0xFFFFFFFFu 
 
 int RunOnce(const uint8_t* in, uint32_t in_len, uint8_t* out, uint32_t out_cap, uint32_t* out_len,
             HilTiming* timing) {
+  if (model::kStateful && g_interpreter->Reset() != kTfLiteOk) return 1;  // from the reset state, as the host
   uint32_t offset = 0;
   for (int i = 0; i < model::kNumInputs; ++i) {
     TfLiteTensor* input = g_interpreter->input(i);
@@ -189,6 +190,12 @@ int main(int argc, char** argv) {
 
   int failed = 0;
   for (int v = 0; v < model::kNumTestVectors; ++v) {
+    // a stateful model starts every vector from the reset state, as its expected outputs did
+    if (model::kStateful && interpreter.Reset() != kTfLiteOk) {
+      std::printf("vector %d (%s): FAIL reset error\n", v, model::kTestVectorNames[v]);
+      ++failed;
+      continue;
+    }
     for (int i = 0; i < model::kNumInputs; ++i) {
       TfLiteTensor* input = interpreter.input(i);
       std::memcpy(input->data.raw, model::kTestInputs[v][i], model::kInputBytes[i]);

@@ -80,6 +80,9 @@ def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
     rng = np.random.default_rng(0)
     quantized = []
     for t in tensors:
+        if np.issubdtype(_NP[t.dtype], np.floating):  # float I/O around a quantized model: values in [-1, 1)
+            quantized.append(rng.uniform(-1.0, 1.0, size=(count, *t.shape[1:])).astype(_NP[t.dtype]))
+            continue
         info = np.iinfo(_NP[t.dtype])
         quantized.append(rng.integers(info.min, info.max + 1, size=(count, *t.shape[1:]), dtype=_NP[t.dtype]))
     return quantized, [f"random[{i}] seed 0" for i in range(count)], "seeded random values (no --data given)"

@@ -229,6 +229,18 @@ def quantization_scheme(model) -> str:
     return "int16x8" if counts["int16"] > counts["int8"] else "int8"
 
 
+def refuse_float_model(model, option: str = "--model") -> None:
+    """Firmware, HIL and the emulator run a quantized model (the golden vectors, the C types of
+    the I/O and the device's arithmetic are integer): a model in which nothing is quantized is
+    refused with the fix, before any work, instead of failing somewhere inside."""
+    from .errors import NotDeployableError
+
+    if quantization_scheme(model) == "float":
+        raise NotDeployableError("the model is not quantized (a float model: no int8/int16 activations)",
+                                 path=model.source, field=option,
+                                 fix="pass the int8 model `invoke quantize` writes (model_int8.tflite)")
+
+
 def is_stateful(model) -> bool:
     """The model keeps state across invokes in variable tensors (a fused LSTM's h and c, SVDF's
     activation state): run sample by sample, each sample must start from the reset state, or

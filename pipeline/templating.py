@@ -48,20 +48,22 @@ def c_string(text: str) -> Markup:
 def comment_text(text: str) -> Markup:
     """Text for one line of a `//`, `/* */` or `#` comment: no line breaks (they would end the
     comment: the rest of a file name would become code), no backslash (it splices the next
-    line into a `//` comment), no `*/`."""
-    cleaned = "".join("_" if _is_break(ch) else "/" if ch == "\\" else ch for ch in _text(text))
+    line into a `//` comment), no `*/`, and no invisible characters: a bidi control (U+202E)
+    reorders how the code around it reads (gcc -Werror=bidi-chars refuses it), so each one is
+    written as its code point, `<U+202E>`."""
+    cleaned = "".join(_code_point(ch) if _is_invisible(ch) else "/" if ch == "\\" else ch for ch in _text(text))
     return Markup(cleaned.replace("*/", "*_/").replace("??", "?_?"))
 
 
 def cmake_string(text: str) -> Markup:
     """Escape for the inside of a quoted CMake argument: no variable references, list
-    separators or quotes from the data, one line."""
+    separators or quotes from the data, one line, invisible characters as `<U+XXXX>`."""
     out = []
     for ch in _text(text):
         if ch in '\\"$;@':
             out.append("\\" + ch)
-        elif _is_break(ch):
-            out.append("_")
+        elif _is_invisible(ch):
+            out.append(_code_point(ch))
         else:
             out.append(ch)
     return Markup("".join(out))
@@ -86,7 +88,9 @@ _HTML_CODE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;
 
 
 def _one_line(value) -> str:
-    return "".join(" " if _is_break(ch) else ch for ch in _text(value))
+    """One line of visible text: breaks become spaces, other invisible characters (bidi
+    controls that reorder the rendered line, zero-width ones) `<U+XXXX>`."""
+    return "".join(" " if _is_break(ch) else _code_point(ch) if _is_invisible(ch) else ch for ch in _text(value))
 
 
 def md_text(value) -> Markup:
@@ -115,6 +119,24 @@ def _is_break(ch: str) -> bool:
     import unicodedata
 
     return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
+# Characters that print nothing themselves but change the text around them or end a line:
+# controls (Cc), format characters (Cf: the bidi embeddings and overrides U+202A-U+202E and
+# isolates U+2066-U+2069, zero-width ones), private use (Co), unassigned (Cn), surrogates
+# (Cs), line and paragraph separators (Zl, Zp). Unicode categories, not a list of code points,
+# so a new control is covered as soon as Python's Unicode database knows it.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
+
+
+def _is_invisible(ch: str) -> bool:
+    import unicodedata
+
+    return unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+
+
+def _code_point(ch: str) -> str:
+    return f"<U+{ord(ch):04X}>"
 
 
 # What a value may contain when a C/C++/CMake template prints it without an escaping filter:

@@ -166,3 +166,47 @@ def test_deploy_runs_hil_last_with_a_port(demo_int8, tmp_path):
     assert hil.status == "ran" and hil.result["passed"] and result.deployable
     report = json.loads((out / "demo" / "report.json").read_text())
     assert report["hil"]["passed"] is True and report["deploy"]["stages"]["hil"]["status"] == "done"
+
+
+# --- the emulator's TFLM interpreter runs in a worker process ------------------------------------
+
+def test_the_emulator_survives_its_interpreter_crashing(tmp_path):
+    """TFLM can abort() the process it runs in: the emulator's interpreter is a worker. A RUN
+    whose worker dies mid-call is an ERROR frame (E_INVOKE) naming the signal; the RUN after
+    it gets a fresh worker and the right outputs, as a board after a reboot."""
+    import threading
+
+    import numpy as np
+    from tflite_builder import ModelBuilder
+
+    from pipeline.runtime.device import E_INVOKE, ERROR, RUN, RUN_OK, Emulator, Frame
+
+    mb = ModelBuilder()
+    x, y = mb.tensor("x", (1, 8)), mb.tensor("y", (1, 8))
+    mb.op("RELU", [x], [y])
+    path = tmp_path / "relu.tflite"
+    path.write_bytes(mb.build([x], [y]))
+    data = np.arange(-4, 4, dtype=np.int8)
+
+    def run(emulator, seq):
+        parser = FrameParser()
+        parser.feed(emulator.handle(Frame(RUN, seq, data.tobytes())))
+        return parser.next()
+
+    emulator = Emulator(path)
+    try:
+        assert np.array_equal(np.frombuffer(run(emulator, 1).payload[8:], np.int8), np.maximum(data, 0))
+        first = emulator.interpreter.proc
+        first.send_signal(signal.SIGSTOP)  # frozen: the next RUN's request waits in its pipe
+        abort = threading.Timer(0.5, lambda: (first.send_signal(signal.SIGABRT), first.send_signal(signal.SIGCONT)))
+        abort.start()  # as TFLM's abort() in the middle of that call
+        reply = run(emulator, 2)
+        abort.join()
+        assert reply.kind == ERROR and int.from_bytes(reply.payload[:2], "little") == E_INVOKE
+        assert b"SIGABRT" in reply.payload, reply.payload
+        assert first.returncode == -signal.SIGABRT
+        again = run(emulator, 3)
+        assert again.kind == RUN_OK and emulator.interpreter.proc.pid != first.pid
+        assert np.array_equal(np.frombuffer(again.payload[8:], np.int8), np.maximum(data, 0))
+    finally:
+        emulator.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import PROJECT_DIR
 from ..runtime.process import signal_name
-from ..runtime.tflm_runner import explain_tflm_error
+from ..runtime.tflm_runner import explain_tflm_error, host_arena_bytes
 from ..tflite_model import Operator, TFLiteModel
 
 TABLE_PATH = Path(__file__).with_name("tflm_ops.json")
@@ -152,13 +152,16 @@ def static_check(model: TFLiteModel) -> tuple[list[TFLMOpVerdict], str | None, l
     return verdicts, problem, notes
 
 
-def probe_interpreter(model_path: Path, inputs: int) -> tuple[bool, int | None, str | None]:
-    """(ran, smallest arena, error) from the TFLM interpreter in crash-isolated workers."""
+def probe_interpreter(model_path: Path, inputs: int,
+                      generous: int | None = None) -> tuple[bool, int | None, str | None]:
+    """(ran, smallest arena, error) from the TFLM interpreter in crash-isolated workers; the
+    search starts from `generous`, an arena the model surely fits (`host_arena_bytes`)."""
     lo, hi = 0, None
     for _ in range(_MAX_RESTARTS):
-        cmd = [sys.executable, "-m", "pipeline.runtime.tflm_probe", str(model_path), str(inputs), str(lo)]
-        if hi is not None:
-            cmd.append(str(hi))
+        cmd = [sys.executable, "-m", "pipeline.runtime.tflm_probe", str(model_path), str(inputs), str(lo),
+               str(hi) if hi is not None else "none"]
+        if generous:
+            cmd.append(str(generous))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S,
                                   cwd=PROJECT_DIR, stdin=subprocess.DEVNULL)
@@ -216,7 +219,8 @@ def check_tflm(model: TFLiteModel, model_path: Path | None, *, run_interpreter: 
     methods = tuple(dict.fromkeys(v.resolver_method for v in verdicts if v.resolver_method))
     ran = arena = error = None
     if run_interpreter and model_path is not None and problem is None:
-        ran, arena, error = probe_interpreter(model_path, len(model.main.inputs))
+        ran, arena, error = probe_interpreter(model_path, len(model.main.inputs),
+                                              host_arena_bytes(model, model_path.stat().st_size))
         arena = round_arena(arena) if arena else None
         suspects = [f"{v.op} (op {v.index}): {v.reason}" for v in verdicts
                     if not v.supported and v.op in KERNEL_ABORTS and "aborts" in v.reason]

@@ -103,6 +103,14 @@ class DeviceError(PipelineError):
     """The device (or the link) failed: timeouts, damage, resets. Exit 2."""
 
 
+try:  # pyserial's flush() is tcdrain(): on a tty that went away it raises termios.error, no OSError
+    from termios import error as _termios_error
+
+    _TTY_ERRORS: tuple[type[BaseException], ...] = (_termios_error,)
+except ImportError:  # not a POSIX system
+    _TTY_ERRORS = ()
+
+
 class HilClient:
     def __init__(self, port: str, baud: int = 115200, timeout: float = 5.0, retries: int = 2):
         import serial  # pyserial
@@ -120,9 +128,27 @@ class HilClient:
         self.retried = 0
 
     def close(self) -> None:
-        self.serial.close()
+        import serial  # pyserial
+
+        try:
+            self.serial.close()
+        except (serial.SerialException, OSError, *_TTY_ERRORS):
+            pass  # a port that went away is closed already; the error that matters was raised
 
     def request(self, kind: int, payload: bytes = b"") -> Frame:
+        """One request and its reply, retried; a link that fails under us (pyserial's
+        SerialException: the cable pulled, the device reset and its tty went away) is a
+        DeviceError, not a traceback."""
+        import serial  # pyserial
+
+        try:
+            return self._request(kind, payload)
+        except (serial.SerialException, OSError, *_TTY_ERRORS) as exc:
+            raise DeviceError(f"the serial link failed: {exc}", path=self.port, field="--port",
+                              fix="check the device is still attached (a reset or a pulled cable closes the "
+                                  "port), then run again") from None
+
+    def _request(self, kind: int, payload: bytes) -> Frame:
         problems = []
         for attempt in range(self.retries + 1):
             self.seq = (self.seq + 1) & 0xFF
@@ -197,15 +223,26 @@ class Emulator:
     outputs (wrong-output), or restart after the first RUN (reset)."""
 
     def __init__(self, model_path: Path, fault: str | None = None, arena: int | None = None):
-        from tflite_micro.python.tflite_micro import runtime
+        """The model is checked as the other tasks check it (a readable .tflite, every op one
+        TFLM has a kernel for), then served by the TFLM interpreter in a worker process, whose
+        loading is the interpreter check: an abort() in TFLM is an error, never the end of the
+        emulator. The arena: `arena`, else one the model surely fits (`host_arena_bytes`)."""
+        from ..errors import NotDeployableError
+        from ..rules.tflm import check_tflm
+        from ..tflite_model import read_model
+        from .tflm_runner import InterpreterProcess, host_arena_bytes
 
         if fault is not None and fault not in FAULTS:
             raise PipelineError(f"unknown fault '{fault}'", field="--fault", fix=f"use one of {', '.join(FAULTS)}")
+        model = read_model(model_path)
+        tflm = check_tflm(model, model_path, run_interpreter=False)  # the worker below runs it
+        if not tflm.compatible:
+            reasons = [f"op {v.index} {v.op}: {v.reason}" for v in tflm.ops if not v.supported]
+            reasons += [r for r in (tflm.model_problem,) if r]
+            raise NotDeployableError(f"the model does not run on TFLite Micro: {'; '.join(reasons)}",
+                                     path=model_path, field="--model", fix="see `invoke check --target tflm`")
         self.model_bytes = model_path.read_bytes()
-        self.interpreter = runtime.Interpreter.from_bytes(self.model_bytes, arena_size=arena or None)
-        from ..tflite_model import parse_model
-
-        model = parse_model(self.model_bytes, str(model_path))
+        self.interpreter = InterpreterProcess(model_path, arena or host_arena_bytes(model, len(self.model_bytes)))
         self.input_sizes = [int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in model.main.input_tensors()]
         self.input_dtypes = [np.dtype(t.dtype) for t in model.main.input_tensors()]
         self.input_shapes = [t.shape for t in model.main.input_tensors()]
@@ -221,6 +258,15 @@ class Emulator:
         tty.setraw(self.slave)
         tty.setraw(self.master)
         self.port = os.ttyname(self.slave)
+
+    def close(self) -> None:
+        """End the interpreter's worker and close the pty."""
+        self.interpreter.close()
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def info_payload(self) -> bytes:
         sha = hashlib.sha256(self.model_bytes).hexdigest()
@@ -240,20 +286,20 @@ class Emulator:
                           f"RUN needs {sum(self.input_sizes)} input bytes, got {len(frame.payload)}".encode())
         if self.fault == "hang":
             return None
-        if self.stateful:
-            self.interpreter.reset()
-        offset = 0
-        for i, (size, dtype, shape) in enumerate(zip(self.input_sizes, self.input_dtypes, self.input_shapes)):
-            arr = np.frombuffer(frame.payload[offset:offset + size], dtype=dtype).reshape(shape)
-            self.interpreter.set_input(arr, i)
-            offset += size
-        start = time.perf_counter()
-        try:
+        try:  # RuntimeError: TFLM refused, or its worker process crashed (the next RUN restarts it)
+            if self.stateful:
+                self.interpreter.reset()
+            offset = 0
+            for i, (size, dtype, shape) in enumerate(zip(self.input_sizes, self.input_dtypes, self.input_shapes)):
+                arr = np.frombuffer(frame.payload[offset:offset + size], dtype=dtype).reshape(shape)
+                self.interpreter.set_input(arr, i)
+                offset += size
+            start = time.perf_counter()
             self.interpreter.invoke()
+            micros = int(1e6 * (time.perf_counter() - start))
+            out = b"".join(np.array(self.interpreter.get_output(k)).tobytes() for k in range(self.outputs))
         except RuntimeError as exc:
             return encode(ERROR, frame.seq, struct.pack("<H", E_INVOKE) + str(exc).encode())
-        micros = int(1e6 * (time.perf_counter() - start))
-        out = b"".join(np.array(self.interpreter.get_output(k)).tobytes() for k in range(self.outputs))
         if self.fault == "wrong-output":
             out = bytes((b + 1) & 0xFF for b in out)
         return encode(RUN_OK, frame.seq, struct.pack("<II", 0, micros) + out)

@@ -31,13 +31,14 @@ def runs(runtime, data: bytes, arena: int, inputs: int) -> bool:
         return False
 
 
-def main(path: str, inputs: int, lo: int, hi: int | None) -> int:
-    """Search (lo, hi]; without hi, first prove a generous arena works."""
+def main(path: str, inputs: int, lo: int, hi: int | None, generous: int | None = None) -> int:
+    """Search (lo, hi]; without hi, first prove a generous arena works (`generous`, the caller's
+    bound from the model's tensors, else 10 x the file, at least 64 KiB)."""
     from tflite_micro.python.tflite_micro import runtime
 
     data = open(path, "rb").read()
     if hi is None:
-        hi = max(10 * len(data), 1 << 16)
+        hi = generous or max(10 * len(data), 1 << 16)
         emit({"probe": hi, "ok": None})
         ok = runs(runtime, data, hi, inputs)
         emit({"probe": hi, "ok": ok})
@@ -60,4 +61,7 @@ def main(path: str, inputs: int, lo: int, hi: int | None) -> int:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    sys.exit(main(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else None))
+    # PATH INPUTS LO [HI|none [GENEROUS]]
+    hi_arg = args[3] if len(args) > 3 and args[3] != "none" else None
+    sys.exit(main(args[0], int(args[1]), int(args[2]), int(hi_arg) if hi_arg else None,
+                  int(args[4]) if len(args) > 4 else None))

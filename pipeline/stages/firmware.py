@@ -22,6 +22,7 @@ from ..cache import content_hash
 from ..errors import NotDeployableError
 from ..fileio import ensure_replaceable, replacing_owned_dir, safe_name
 from ..golden import golden_vectors
+from ..model import is_stateful, refuse_float_model
 from ..rules.tflm import ARENA_MARGIN_BYTES, check_tflm, round_arena, table as tflm_table
 from ..templating import TEMPLATE_DIR, Markup, c_float, c_ident, environment
 from ..tflite_model import Tensor, TFLiteModel, read_model
@@ -182,6 +183,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     the quantize stage, when it made the model."""
     board_preset = get_board(board or DEFAULT_BOARD)
     model = read_model(model_path)
+    refuse_float_model(model)
     out_dir = out or model_path.parent / "firmware"
     ensure_replaceable(out_dir, option="--out", legacy=legacy_firmware_files)  # before any work
     raw = model_path.read_bytes()
@@ -209,7 +211,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         "tflm_version": f"{tflm_table()['tflite_micro_commit'][:12]} (wheel {tflm_table()['tflite_micro_wheel']})",
         "methods": list(zip([v.op for v in _distinct_ops(tflm.ops)], tflm.resolver_methods)),
         "arena": arena, "arena_margin": ARENA_MARGIN_BYTES, "inputs": inputs, "outputs": outputs,
-        "labels": labels, "tolerance": int(tolerance), "source": golden.source,
+        "labels": labels, "tolerance": int(tolerance), "source": golden.source, "stateful": is_stateful(model),
         "vectors": [{"name": golden.names[v],
                      "inputs": [c_values(golden.inputs[i][v]) for i in range(len(inputs))],
                      "expected": [c_values(golden.expected[o][v]) for o in range(len(outputs))]}

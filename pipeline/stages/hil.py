@@ -39,9 +39,11 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
             tolerance: int = 0, timeout: float = 5.0, retries: int = 2) -> HilResult:
     """INFO (same model?), then every golden vector through RUN, compared with the host TFLM."""
     from ..golden import golden_vectors
+    from ..model import refuse_float_model
     from ..tflite_model import read_model
 
     model = read_model(model_path)
+    refuse_float_model(model)
     golden = golden_vectors(model, model_path, count, data)
     golden_in, names, expected = golden.inputs, golden.names, golden.expected
     sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
@@ -57,14 +59,17 @@ def run_hil(model_path: Path, port: str, *, baud: int = 115200, data: str | None
         for v, name in enumerate(names):
             payload = b"".join(np.ascontiguousarray(x[v]).tobytes() for x in golden_in)
             raw, cycles, micros = client.run(payload)
+            want_bytes = sum(e[v].nbytes for e in expected)
+            if len(raw) != want_bytes:  # checked before any parsing: 3 bytes are no int16 output
+                raise DeviceError(f"RUN returned {len(raw)} output bytes, expected {want_bytes} "
+                                  f"({', '.join(f'{e[v].size} x {e[v].dtype}' for e in expected)})",
+                                  path=port, field="--port",
+                                  fix="the firmware and the model disagree: flash the firmware generated "
+                                      "from this model (`invoke firmware`)")
             offset, worst = 0, 0
             for want in (e[v] for e in expected):  # outputs back to back, in output order
                 arr = np.frombuffer(raw[offset:offset + want.nbytes], dtype=want.dtype)
                 offset += want.nbytes
-                if arr.size != want.size:
-                    raise DeviceError(f"RUN returned {len(raw)} output bytes, expected "
-                                      f"{sum(e[v].nbytes for e in expected)}",
-                                      path=port, field="--port", fix="the firmware and the model disagree")
                 worst = max(worst, int(np.abs(arr.astype(np.int64) - want.ravel().astype(np.int64)).max()))
             # 0 in either field: the device does not measure it (reported as null, never 0)
             result.vectors.append({"name": name, "passed": worst <= tolerance, "max_difference": worst,
