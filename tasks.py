@@ -439,29 +439,38 @@ def _positive(value, option: str, default: int) -> int:
     "recommend": "measure remedies (int16x8, per-tensor weights, other calibration, a layer in float): "
                  "re-runs the TF converter, slow",
     "calibration_data": "with --recommend: the samples quantize calibrated on (default: the report's)",
-    "runtimes": "the two runtimes whose op outputs are compared (default litert,tflm; also litert-ref, "
-                "litert-xnnpack; 'none' skips)",
+    "runtimes": "the two runtimes whose op outputs are compared (default litert,tflm, or tflm,device "
+                "with --port; also litert-ref, litert-xnnpack; 'none' skips)",
     "max_lsb": "difference between the runtimes that is not a divergence, in quantized steps (default 0)",
     "strict": "exit 1 when the runtimes part ways beyond --max-lsb or cannot both run the model",
     "json": "print exactly one JSON object (the report's diagnose section)",
     "out": "output root for the demo (default build)",
+    "port": "a board over serial (or `invoke emulate`'s port) as the runtime 'device': every op output "
+            "read back over HIL (firmware built with -DHIL_SERVER=ON -DHIL_TENSORS=ON)",
+    "baud": "with --port: baud rate (default 115200)",
+    "timeout": "with --port: seconds to wait for each reply (default 5)",
 })
 def diagnose(c, model=None, data=None, samples=None, keras_model=None, int16=None, recommend=False,
-             calibration_data=None, runtimes=None, max_lsb=None, strict=False, json=False, out=None):
+             calibration_data=None, runtimes=None, max_lsb=None, strict=False, json=False, out=None,
+             port=None, baud=None, timeout=None):
     """Which Keras layer loses the accuracy, and the first op where two runtimes part ways."""
     import json as json_module
 
     from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
+    from pipeline.runtime.device import DEVICE_RUNTIME
     from pipeline.runtime.tensor_capture import RUNTIMES
     from pipeline.stages.base import DiagnoseOptions
 
     _setup_logging(False)
     pair = None
     if runtimes != "none":
-        pair = tuple(r.strip() for r in (runtimes or "litert,tflm").split(","))
-        if len(pair) != 2 or not set(pair) <= set(RUNTIMES):
-            raise Exit(f"error: --runtimes: expected two of {', '.join(RUNTIMES)} separated by a comma, "
+        pair = tuple(r.strip() for r in (runtimes or ("tflm,device" if port else "litert,tflm")).split(","))
+        known = [*RUNTIMES, DEVICE_RUNTIME]
+        if len(pair) != 2 or not set(pair) <= set(known):
+            raise Exit(f"error: --runtimes: expected two of {', '.join(known)} separated by a comma, "
                        f"got '{runtimes}'", code=2)
+        if DEVICE_RUNTIME in pair and not port:
+            raise Exit(f"error: --runtimes: '{DEVICE_RUNTIME}' is a board over serial: pass --port", code=2)
     model = _setting(c, "model", model)
     root = _path(_setting(c, "out", out))
     count = _int_option(samples, "--samples") if samples is not None else DiagnoseOptions.samples
@@ -474,7 +483,9 @@ def diagnose(c, model=None, data=None, samples=None, keras_model=None, int16=Non
     path = _run(resolve_model, model, root)
     request = DeployRequest(model="demo" if model == "demo" else str(path), data=data, out=root,
                             keras_model=_keras_model(model, keras_model, root), diagnose=True,
-                            diagnose_options=options)
+                            diagnose_options=options, port=port,
+                            baud=_int_option(baud, "--baud") if baud is not None else 115200,
+                            hil_timeout_s=_float_option(timeout, "--timeout", 5.0))
     result = _run(run_stage, "diagnose", job_for_model(path, request, borrow=("quantize",)))
     section = result.to_json()
     if json:
@@ -530,9 +541,13 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
 
 @task(help={
     "model": "the .tflite the emulated device runs, or 'demo' (default)",
-    "fault": "misbehave on purpose, to test a rig: garble, drop-byte, wrong-hash, hang, wrong-output, reset",
+    "fault": "misbehave on purpose, to test a rig: garble, drop-byte, wrong-hash, hang, wrong-output, reset, "
+             "alter-op (op --op computes a wrong value: what `invoke diagnose --port` must find)",
+    "op": "the op index alter-op alters",
+    "tensors": "preserve every tensor and answer TENSOR, as firmware built with -DHIL_TENSORS=ON "
+               "(default; --no-tensors: as normal firmware)",
 })
-def emulate(c, model=None, fault=None):
+def emulate(c, model=None, fault=None, op=None, tensors=True):
     """A device on a pseudo-terminal speaking the HIL protocol (TFLM interpreter behind it)."""
     from pipeline.runtime.device import Emulator
 
@@ -545,7 +560,8 @@ def emulate(c, model=None, fault=None):
         path = _run(resolve_model, model, _path(_setting(c, "out", None)))
     else:
         path = _path(model)
-    emulator = _run(Emulator, path, fault=fault)
+    emulator = _run(Emulator, path, fault=fault, tensors=tensors,
+                    fault_op=_int_option(op, "--op") if op is not None else None)
     print(emulator.port, flush=True)  # the first line: rigs read the port path from it
     try:
         emulator.serve(stop=lambda: bool(stopping))

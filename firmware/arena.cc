@@ -6,5 +6,10 @@
 
 #include "model_arena.h"
 
+#ifdef EDGE_DEPLOY_HIL_TENSORS
+// every tensor preserved for the HIL server's TENSOR request: nothing shares memory
+alignas(16) uint8_t g_tensor_arena[model::kPreservedTensorArenaSize];
+#else
 alignas(16) uint8_t g_tensor_arena[model::kTensorArenaSize];
+#endif
 extern const size_t g_tensor_arena_size = sizeof(g_tensor_arena);

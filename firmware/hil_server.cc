@@ -10,8 +10,10 @@
 
 namespace {
 
-constexpr uint8_t kInfo = 0x01, kRun = 0x02, kInfoOk = 0x81, kRunOk = 0x82, kError = 0xFF;
+constexpr uint8_t kInfo = 0x01, kRun = 0x02, kTensor = 0x03;
+constexpr uint8_t kInfoOk = 0x81, kRunOk = 0x82, kTensorOk = 0x83, kError = 0xFF;
 constexpr uint16_t kErrCrc = 1, kErrUnknown = 2, kErrLength = 3, kErrInvoke = 4, kErrTooLarge = 5;
+constexpr uint16_t kErrNoInference = 8;  // 6 and 7: kHilTensorNotPreserved, kHilTensorOutOfRange
 constexpr uint32_t kHeader = 8, kCrc = 4;  // magic + type + seq + length; CRC-32
 
 // Sized from this model's inputs and outputs (model_settings.h), not a fixed megabyte: a
@@ -30,7 +32,11 @@ struct Server {
   const char* info;
   uint32_t input_bytes;
   HilRunFn run;
+  HilTensorFn tensor;
 };
+
+// TENSOR reads what the last RUN left: true after a RUN whose invoke succeeded.
+bool g_have_inference = false;
 
 void PutU32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -77,13 +83,65 @@ void HandleRun(const Server& server, const Request& request) {
   uint32_t out_len = 0;
   HilTiming timing = {0, 0};
   uint8_t* out = ReplyPayload() + 8;
+  g_have_inference = false;
   if (server.run(request.payload, request.length, out, model::kHilMaxReplyPayload - 8, &out_len, &timing) != 0) {
     SendError(request.seq, kErrInvoke, "invoke failed");
     return;
   }
+  g_have_inference = true;
   PutU32(ReplyPayload(), timing.cycles);
   PutU32(ReplyPayload() + 4, timing.micros);
   Send(kRunOk, request.seq, 8 + out_len);
+}
+
+// Reply: u32 index, u8 type, u8 rank, u16 0, rank x i32 dims, u32 total bytes, u32 offset, then
+// as many of the tensor's bytes from offset on as fit the reply buffer.
+void HandleTensor(const Server& server, const Request& request) {
+  if (request.length != 8) {
+    SendError(request.seq, kErrLength, "TENSOR payload is u32 tensor index, u32 byte offset");
+    return;
+  }
+  if (server.tensor == nullptr) {
+    SendError(request.seq, kHilTensorNotPreserved,
+              "tensors are not preserved: build the firmware with -DHIL_TENSORS=ON");
+    return;
+  }
+  if (!g_have_inference) {
+    SendError(request.seq, kErrNoInference, "no inference to read from: send RUN first");
+    return;
+  }
+  const uint32_t index = GetU32(request.payload), offset = GetU32(request.payload + 4);
+  HilTensorView view = {0, 0, nullptr, nullptr, 0};
+  const int status = server.tensor(index, &view);
+  if (status == kHilTensorOutOfRange) {
+    SendError(request.seq, kHilTensorOutOfRange, "tensor index out of range");
+    return;
+  }
+  if (status != 0) {
+    SendError(request.seq, kHilTensorNotPreserved, "this tensor is not preserved");
+    return;
+  }
+  if (offset > view.bytes) {
+    SendError(request.seq, kErrLength, "offset beyond the tensor's end");
+    return;
+  }
+  const uint32_t header = 8 + 4u * view.rank + 8;
+  if (header >= model::kHilMaxReplyPayload) {
+    SendError(request.seq, kErrTooLarge, "the tensor's header does not fit the reply buffer");
+    return;
+  }
+  uint8_t* p = ReplyPayload();
+  PutU32(p, index);
+  p[4] = view.type;
+  p[5] = view.rank;
+  p[6] = p[7] = 0;
+  for (uint32_t d = 0; d < view.rank; ++d) PutU32(p + 8 + 4 * d, static_cast<uint32_t>(view.dims[d]));
+  PutU32(p + header - 8, view.bytes);
+  PutU32(p + header - 4, offset);
+  uint32_t n = view.bytes - offset;
+  if (n > model::kHilMaxReplyPayload - header) n = model::kHilMaxReplyPayload - header;
+  if (n) std::memcpy(p + header, view.data + offset, n);
+  Send(kTensorOk, request.seq, header + n);
 }
 
 struct Handler {
@@ -93,6 +151,7 @@ struct Handler {
 constexpr Handler kHandlers[] = {
     {kInfo, HandleInfo},
     {kRun, HandleRun},
+    {kTensor, HandleTensor},
 };
 
 // Reads exactly n bytes; false when the link closed.
@@ -124,8 +183,8 @@ uint32_t hil_crc32(const uint8_t* data, uint32_t len, uint32_t crc) {
   return ~crc;
 }
 
-void hil_serve(const char* info, uint32_t input_bytes, HilRunFn run) {
-  const Server server = {info, input_bytes, run};
+void hil_serve(const char* info, uint32_t input_bytes, HilRunFn run, HilTensorFn tensor) {
+  const Server server = {info, input_bytes, run, tensor};
   for (;;) {
     // resynchronise on the magic
     int c = board_read_byte();

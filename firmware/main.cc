@@ -8,7 +8,9 @@
 // with `selftest --serve` (stdin/stdout are the link; no self-test text), on a board when built
 // with -DEDGE_DEPLOY_HIL_SERVER (the board's UART is the link). Each vector's line says how
 // long it took: core cycles where the board counts them, microseconds on the host, "not
-// measured" otherwise (never 0).
+// measured" otherwise (never 0). Built with -DEDGE_DEPLOY_HIL_TENSORS (CMake -DHIL_TENSORS=ON),
+// the interpreter preserves every tensor (TFLM's linear memory planner, in the larger arena of
+// model_arena.h) and the HIL server answers TENSOR with any of them after a RUN.
 
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +27,9 @@
 #include "model_settings.h"
 #include "test_vectors.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
+#ifdef EDGE_DEPLOY_HIL_TENSORS
+#include "tensorflow/lite/micro/micro_utils.h"
+#endif
 #include "tensorflow/lite/schema/schema_generated.h"
 #if __has_include("tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h")
 // a tree made for TARGET=cortex_m_generic prints TFLM's messages only through a callback
@@ -81,6 +86,13 @@ long MaxDifference(const TfLiteTensor* tensor, const void* expected, int element
 }
 
 tflite::MicroInterpreter* g_interpreter = nullptr;
+const tflite::Model* g_model = nullptr;
+
+#ifdef EDGE_DEPLOY_HIL_TENSORS
+constexpr bool kPreserveAllTensors = true;
+#else
+constexpr bool kPreserveAllTensors = false;
+#endif
 
 // One inference, timed with what the board has (cycles, microseconds, or neither).
 bool TimedInvoke(Timing* timing) {
@@ -120,17 +132,37 @@ int RunOnce(const uint8_t* in, uint32_t in_len, uint8_t* out, uint32_t out_cap, 
   return 0;
 }
 
+#ifdef EDGE_DEPLOY_HIL_TENSORS
+// TENSOR: any tensor of the main subgraph as the last Invoke left it (all are preserved).
+int ReadTensor(uint32_t index, HilTensorView* view) {
+  const auto* tensors = g_model->subgraphs()->Get(0)->tensors();
+  if (tensors == nullptr || index >= tensors->size()) return kHilTensorOutOfRange;
+  const TfLiteEvalTensor* tensor = g_interpreter->GetTensor(static_cast<int>(index), 0);
+  if (tensor == nullptr || tensor->dims == nullptr) return kHilTensorNotPreserved;
+  view->type = static_cast<uint8_t>(tensor->type);
+  view->rank = static_cast<uint8_t>(tensor->dims->size);
+  view->dims = tensor->dims->data;
+  view->data = static_cast<const uint8_t*>(tensor->data.data);
+  view->bytes = view->data ? static_cast<uint32_t>(tflite::EvalTensorBytes(tensor)) : 0;
+  return 0;
+}
+constexpr HilTensorFn kReadTensor = ReadTensor;
+#else
+constexpr HilTensorFn kReadTensor = nullptr;  // TENSOR is answered with error 6
+#endif
+
 void Serve(size_t arena_size) {
   static char info[768];
   uint32_t input_bytes = 0;
   for (int i = 0; i < model::kNumInputs; ++i) input_bytes += g_interpreter->input(i)->bytes;
   std::snprintf(info, sizeof(info),
-                "model_sha256=%s\nmodel_bytes=%u\narena_bytes=%u\nboard=%s\nfirmware=%s\nprotocol=1\n"
-                "timer=%s\n",
+                "model_sha256=%s\nmodel_bytes=%u\narena_bytes=%u\nboard=%s\nfirmware=%s\nprotocol=2\n"
+                "timer=%s\ntensors=%s\n",
                 MODEL_DATA_SHA256, g_model_data_len, static_cast<unsigned>(arena_size), board_name(),
                 MODEL_FIRMWARE_GENERATOR,
-                board_counts_cycles() ? "cycles" : (board_measures_time() ? "microseconds" : "none"));
-  hil_serve(info, input_bytes, RunOnce);
+                board_counts_cycles() ? "cycles" : (board_measures_time() ? "microseconds" : "none"),
+                kPreserveAllTensors ? "preserved" : "none");
+  hil_serve(info, input_bytes, RunOnce, kReadTensor);
 }
 #endif
 
@@ -167,13 +199,15 @@ int main(int argc, char** argv) {
     std::printf("SELFTEST FAIL: op registration failed\n");
     return board_exit(2);
   }
-  static tflite::MicroInterpreter interpreter(tfl_model, resolver, g_tensor_arena, arena_size);
+  static tflite::MicroInterpreter interpreter(tfl_model, resolver, g_tensor_arena, arena_size, nullptr, nullptr,
+                                              kPreserveAllTensors);
   if (interpreter.AllocateTensors() != kTfLiteOk) {
     std::printf("SELFTEST FAIL: AllocateTensors failed with a %u-byte arena\n",
                 static_cast<unsigned>(arena_size));
     return board_exit(2);
   }
   g_interpreter = &interpreter;
+  g_model = tfl_model;
   if (serve_only) {
 #ifdef EDGE_DEPLOY_HIL
     Serve(arena_size);

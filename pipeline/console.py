@@ -453,6 +453,10 @@ def diagnose_summary(section: dict[str, Any]) -> Table:
     for i, w in enumerate(worst, 1):
         rows.append((f"worst {i}", f"{w['label']}: SNR {_num(w.get('snr_db'))} dB; {w['why']}"))
     rows.append(("runtimes", _divergence_line(section.get("first_divergence"), section)))
+    if section.get("device"):
+        dev = section["device"]
+        board = f"{dev.get('board', '?')}, firmware {dev.get('firmware', '?')}"
+        rows.append(("device", f"{board}, HIL protocol {dev.get('protocol', '?')}"))
     for rec in section.get("recommendations") or []:
         targets = ", ".join(rec.get("targets") or [])
         if rec.get("kind") == "measured":

@@ -100,7 +100,9 @@ def _kernel(op, names: tuple[str, str]) -> dict[str, Any]:
         kernel["tflm_resolver_method"] = table()["ops"].get(op.op, {}).get("method")
     except (ImportError, KeyError, OSError):  # the check package is being moved; optional
         pass
-    kernel["runtimes"] = {n: RUNTIMES.get(n, n) for n in names}
+    from .runtime.device import DEVICE_DESCRIPTION, DEVICE_RUNTIME
+
+    kernel["runtimes"] = {n: RUNTIMES.get(n) or (DEVICE_DESCRIPTION if n == DEVICE_RUNTIME else n) for n in names}
     return kernel
 
 

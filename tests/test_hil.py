@@ -86,7 +86,7 @@ def test_hil_passes_against_the_emulator(demo_int8):
         r = run_hil(demo_int8.quantized_model, port)
     assert r.passed and len(r.vectors) == 4 and r.retries == 0
     assert all(v["max_difference"] == 0 and v["device_us"] > 0 for v in r.vectors)
-    assert r.device["protocol"] == "1" and r.device["model_sha256"]
+    assert r.device["protocol"] == "2" and r.device["tensors"] == "preserved" and r.device["model_sha256"]
 
 
 @pytest.mark.parametrize("fault", ["garble", "drop-byte"])

@@ -122,9 +122,10 @@ class InterpreterProcess:
     (the emulator answers an error frame) and the next call starts a fresh worker, as a board
     reboots. Messages are pickles between this package and its own child, never other input."""
 
-    def __init__(self, model_path: Path, arena_bytes: int | None = None):
+    def __init__(self, model_path: Path, arena_bytes: int | None = None, *, preserve_all_tensors: bool = False):
         self.model_path = Path(model_path)
         self.arena_bytes = arena_bytes
+        self.preserve_all_tensors = preserve_all_tensors  # TFLM's kPreserveAllTensors: get_tensor works
         self.proc = None
         self._start()
 
@@ -133,7 +134,7 @@ class InterpreterProcess:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (open while the worker lives)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.runtime.tflm_runner", "--serve", str(self.model_path),
-             str(self.arena_bytes or 0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+             str(self.arena_bytes or 0), "preserve" if self.preserve_all_tensors else "plan"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             cwd=PROJECT_DIR)
         status, value = self._receive()
         if status != "ok":
@@ -212,6 +213,10 @@ class InterpreterProcess:
     def reset(self) -> None:
         self._call("reset")
 
+    def get_tensor(self, index: int) -> dict:
+        """Tensor `index` after the last invoke (needs preserve_all_tensors): tensor_data, dtype, shape."""
+        return self._call("get_tensor", index)
+
     def close(self) -> None:
         """End the worker (closing its stdin ends its loop; a stuck one is killed)."""
         if self.proc is None:
@@ -227,7 +232,7 @@ class InterpreterProcess:
         self._stderr.close()
 
 
-def _serve(model: str, arena: int) -> int:
+def _serve(model: str, arena: int, planning: str = "plan") -> int:
     """The worker side of `InterpreterProcess`: load, say so, then answer calls until stdin ends.
     Its stdout becomes a private pipe: whatever the C++ side prints goes to stderr."""
     import pickle
@@ -245,7 +250,10 @@ def _serve(model: str, arena: int) -> int:
         replies.flush()
 
     try:
-        interp = runtime.Interpreter.from_bytes(Path(model).read_bytes(), arena_size=arena or None)
+        config = (runtime.InterpreterConfig.kPreserveAllTensors if planning == "preserve"
+                  else runtime.InterpreterConfig.kAllocationRecording)
+        interp = runtime.Interpreter.from_bytes(Path(model).read_bytes(), arena_size=arena or None,
+                                                intrepreter_config=config)
     except (RuntimeError, ValueError, OSError) as exc:
         send("error", explain_tflm_error(str(exc)))
         return 1
@@ -267,6 +275,10 @@ def _serve(model: str, arena: int) -> int:
             elif name == "reset":
                 interp.reset()
                 send("ok")
+            elif name == "get_tensor":
+                t = interp.GetTensor(*args, 0)
+                send("ok", {"tensor_data": np.array(t["tensor_data"]), "dtype": np.dtype(t["dtype"]).name,
+                            "shape": [int(d) for d in t["shape"]]})
             else:
                 send("error", f"unknown call {name!r}")
         except (RuntimeError, ValueError) as exc:
@@ -304,6 +316,6 @@ def _main(model: str, src: str, dst: str, arena: int, count: int) -> int:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
-    sys.exit(_serve(sys.argv[2], int(sys.argv[3])))
+    sys.exit(_serve(sys.argv[2], int(sys.argv[3]), *sys.argv[4:5]))
 elif __name__ == "__main__":
     sys.exit(_main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))

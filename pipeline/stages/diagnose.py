@@ -50,6 +50,7 @@ from ..errors import PipelineError
 from ..layers import KerasModelLayers, OpLayer, map_layers
 from ..divergence import Divergence, first_divergence  # noqa: F401 (part of this module's API)
 from ..model import TensorSpec
+from ..runtime.device import DEVICE_RUNTIME, DeviceError, capture_device_tensors
 from ..runtime.tensor_capture import TensorValues, capture_tensors, op_outputs
 from ..tflite_model import Tensor, TFLiteModel, read_model
 from ..versions import package_version
@@ -349,6 +350,7 @@ class Diagnosis:
     ran_because: list[str] = field(default_factory=list)  # deploy: the verify checks that failed
     recommendations_measured: bool = False
     recommendations_note: str | None = None  # why they were not measured
+    device: dict[str, str] | None = None  # the INFO of the device compared as runtime "device"
 
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.samples, "source": self.source,
@@ -362,7 +364,7 @@ class Diagnosis:
                 "first_divergence": self.first_divergence.to_json() if self.first_divergence else None,
                 "recommendations": self.recommendations,
                 "recommendations_measured": self.recommendations_measured,
-                "recommendations_note": self.recommendations_note}
+                "recommendations_note": self.recommendations_note, "device": self.device}
 
 
 def quantization_errors(quant_path: Path, float_path: Path, samples: SampleSet, *,
@@ -395,9 +397,11 @@ def output_snr(errors: list[LayerError], model: TFLiteModel) -> float | None:
 def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
              keras: KerasModelLayers | str | Path | None = None, int16_path: Path | None = None,
              runtimes: tuple[str, str] | None = ("litert-ref", "tflm"), tolerance_lsb: float = 0,
-             worst: int = DEFAULT_WORST) -> Diagnosis:
+             worst: int = DEFAULT_WORST, device: dict[str, Any] | None = None) -> Diagnosis:
     """Per-layer error float vs quantized (and vs int16x8 when given), the worst layers, and
-    the first divergence between `runtimes` (None: skip) on the same samples."""
+    the first divergence between `runtimes` (None: skip) on the same samples. The runtime
+    "device" is a board over HIL: `device` holds `capture_device_tensors`'s link options
+    (port, baud, timeout, retries); a link failure is an error, not a skipped comparison."""
     quant = read_model(quant_path)
     if isinstance(keras, (str, Path)):
         from ..layers import read_keras_layers
@@ -427,9 +431,19 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
         outputs = {}
         try:
             for name in runtimes:
-                tensors = q_tensors if name == reference_runtime else \
-                    capture_tensors(quant_path, model_inputs(quant, samples), name)
+                if name == DEVICE_RUNTIME:
+                    if not device or not device.get("port"):
+                        raise DeviceError("the runtime 'device' is a board over serial: no port given",
+                                          field="--port", fix="pass --port (the board, or `invoke emulate`)")
+                    tensors, diagnosis.device = capture_device_tensors(
+                        device["port"], quant_path, model_inputs(quant, samples),
+                        **{k: v for k, v in device.items() if k != "port"})
+                else:
+                    tensors = q_tensors if name == reference_runtime else \
+                        capture_tensors(quant_path, model_inputs(quant, samples), name)
                 outputs[name] = op_outputs(quant, tensors)
+        except DeviceError:
+            raise
         except PipelineError as exc:  # e.g. TFLM lacks an op: the float-vs-int8 part stands
             diagnosis.runtime_error = exc.message
             return diagnosis
@@ -555,8 +569,10 @@ def _diagnose_job(job: Job) -> Diagnosis:
     failed = failed_verify_checks(job)
     samples = _load(job, _sample_spec(job), "test", o.samples, "--data")
     keras = keras_model_of(job)
+    device = {"port": r.port, "baud": r.baud, "timeout": r.hil_timeout_s, "retries": r.hil_retries} \
+        if r.port else None
     diagnosis = diagnose(job.model, float_model_of(job), samples, keras=keras, int16_path=o.int16_model,
-                         runtimes=o.runtimes, tolerance_lsb=_tolerance(job), worst=o.worst)
+                         runtimes=o.runtimes, tolerance_lsb=_tolerance(job), worst=o.worst, device=device)
     diagnosis.ran_because = [f"verify: {c['check']}: {c.get('detail', '')}" for c in failed]
     if _measures_remedies(job):
         calibration, used = _calibration(job)
@@ -576,6 +592,8 @@ def _diagnose_key(job: Job) -> dict[str, Any]:
     from ..layers import TABLE_PATH as LAYER_TABLE
 
     r, o = job.request, job.request.diagnose_options
+    if DEVICE_RUNTIME in (o.runtimes or ()):
+        return None  # a device is not an input we can hash: never reuse its diagnosis
     key = {"model": content_hash(job.model), "float": content_hash(float_model_of(job)),
            "keras": content_hash(keras_model_of(job)), "data": content_hash(_sample_spec(job)),
            "samples": o.samples, "int16": content_hash(o.int16_model), "runtimes": o.runtimes,

@@ -202,6 +202,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     inputs, outputs = io_specs(model)
     golden = golden_vectors(model, model_path, vectors, data)
     hil = hil_buffers(inputs, outputs)
+    preserved = preserved_tensor_bytes(model)
     context = {
         "generator": f"{TOOL_NAME} {__version__}", "model_file": model_path.name,
         "sha256": sha, "size": len(raw),
@@ -218,6 +219,10 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
                     for v in range(len(golden))],
         "board": board_preset, "arm_flags": board_preset.arm_flags(),
         "qemu_machine": board_preset.qemu_machine, "hil": hil,
+        "preserved_arena": {"tensor_bytes": preserved, "planner_host_bytes": linear_planner_bytes(8),
+                            "planner_board_bytes": linear_planner_bytes(4),
+                            "host_bytes": arena.host_bytes + preserved + linear_planner_bytes(8),
+                            "board_bytes": arena.board_bytes + preserved + linear_planner_bytes(4)},
         "heap_bytes": defaults()["heap_bytes"], "stack_bytes": defaults()["stack_bytes"],
     }
     with replacing_owned_dir(out_dir, context["generator"], option="--out", legacy=legacy_firmware_files) as staging:
@@ -261,6 +266,32 @@ def hil_buffers(inputs: list[dict], outputs: list[dict]) -> dict[str, int]:
     return {"input_bytes": input_bytes, "output_bytes": output_bytes, "text_bytes": HIL_TEXT_BYTES,
             "request_payload": request, "reply_payload": reply,
             "static_bytes": (6 + request + 4) + (8 + reply + 4) + HIL_INFO_BUFFER}
+
+
+# TFLM's LinearMemoryPlanner (the planner of MicroInterpreter(..., preserve_all_tensors=true))
+# keeps a fixed table of size_t offsets, allocated in the arena's persistent part:
+# kMaxBufferCount in tensorflow/lite/micro/memory_planner/linear_memory_planner.h (tflite-micro
+# 90b983c2, the commit rules/tflm describes)
+LINEAR_PLANNER_BUFFERS = 1024
+LINEAR_PLANNER_SLACK_BYTES = 64  # its other members, vtable and alignment
+
+
+def linear_planner_bytes(pointer_bytes: int) -> int:
+    return LINEAR_PLANNER_BUFFERS * pointer_bytes + LINEAR_PLANNER_SLACK_BYTES
+
+
+def preserved_tensor_bytes(model: TFLiteModel) -> int:
+    """What a -DHIL_TENSORS=ON build adds to the arena besides the linear planner's own table:
+    with every tensor preserved, TFLM's linear memory planner gives each non-constant tensor of
+    the main subgraph its own place (16-byte aligned) on top of what the greedy planner's
+    measured arena holds (the persistent allocations and, at its peak, the scratch buffers). An
+    upper bound for models whose kernels ask for at most one scratch buffer at a time (TFLM's
+    reference kernels); AllocateTensors failing at boot says so otherwise."""
+    total = 0
+    for t in model.main.tensors:
+        if not t.is_constant:
+            total += round_arena(int(np.prod(t.shape or (1,))) * np.dtype(_NP.get(t.dtype, t.dtype)).itemsize)
+    return total
 
 
 def recorded_arena(out_dir: Path, sha256: str, board: Board) -> ArenaFigures | None:

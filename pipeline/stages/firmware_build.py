@@ -204,14 +204,18 @@ def library(tree: TflmTree, board: Board | None, sources: list[str], *, project:
 # --- one build -------------------------------------------------------------------------------------
 
 def build(project: Path, tree: TflmTree, build_dir: Path, *, board: Board | None = None,
-          hil_server: bool = False, cache: Path | None | str = "default") -> dict[str, Any]:
+          hil_server: bool = False, hil_tensors: bool = False,
+          cache: Path | None | str = "default") -> dict[str, Any]:
     """Configure and build the project for the host (`board` None) or cross-compiled for a
     Cortex-M board, linking the cached TFLM library (`cache=None`: the project compiles its
-    own TFLM sources). Returns what was built; raises PipelineError when a tool fails."""
+    own TFLM sources). `hil_tensors`: every tensor preserved for HIL's TENSOR request (the
+    application only; the library is the same). Returns what was built; raises PipelineError
+    when a tool fails."""
     root = cache_root() if cache == "default" else cache
     start = time.perf_counter()
     configure = ["cmake", "-S", str(project), "-B", str(build_dir), f"-DTFLM_TREE={tree.path}",
-                 f"-DHIL_SERVER={'ON' if hil_server else 'OFF'}", *_launcher()]
+                 f"-DHIL_SERVER={'ON' if hil_server else 'OFF'}",
+                 f"-DHIL_TENSORS={'ON' if hil_tensors else 'OFF'}", *_launcher()]
     if board:
         configure.append("-DCORTEX_M=ON")
     # configure only records the library's path: it is built (or extended) below
@@ -335,7 +339,7 @@ def smallest_host_arena(selftest: Path, upper: int) -> int:
 
 
 def build_and_run(project: Path, tree: TflmTree | str | Path, build_dir: Path, *, cross: Board | None = None,
-                  hil_server: bool = False) -> dict[str, Any]:
+                  hil_server: bool = False, hil_tensors: bool = False) -> dict[str, Any]:
     """Build for the host or cross-compiled for `cross`, then run the self-test: natively, or
     under QEMU when the board has a QEMU machine and qemu-system-arm is installed. Paths may be
     relative: they are resolved here, before any tool runs in another directory."""
@@ -343,7 +347,7 @@ def build_and_run(project: Path, tree: TflmTree | str | Path, build_dir: Path, *
     project, build_dir = Path(project).resolve(), Path(build_dir).resolve()
     if cross is not None and (missing := _cross_tool_missing(cross)):
         return {"kind": f"cross:{cross.key}", "built": False, "reason": missing}
-    result = build(project, tree, build_dir, board=cross, hil_server=hil_server)
+    result = build(project, tree, build_dir, board=cross, hil_server=hil_server, hil_tensors=hil_tensors)
     if cross is not None and not (cross.qemu_machine and shutil.which("qemu-system-arm")):
         result.update(ran=False, reason="no QEMU machine for this board" if not cross.qemu_machine
                       else "qemu-system-arm not installed")
