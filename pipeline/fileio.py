@@ -128,8 +128,9 @@ def output_error(exc: OSError, path: Path, option: str = "--out") -> PipelineErr
                errno.EISDIR: "a folder stands where a file is written", errno.ENOTDIR: "a file stands where a folder is",
                errno.EFBIG: "the file is too large for the file system (or a file-size limit)"}
     reason = reasons.get(exc.errno, exc.strerror or str(exc))
-    return PipelineError(f"cannot write: {reason}", path=exc.filename or path, field=option,
-                         fix=f"free space, or choose a writable folder with {option}")
+    fix = ("free space there, or set TMPDIR to a folder with room" if option == "TMPDIR"
+           else f"free space, or choose a writable folder with {option}")
+    return PipelineError(f"cannot write: {reason}", path=exc.filename or path, field=option, fix=fix)
 
 
 @contextlib.contextmanager
@@ -140,6 +141,31 @@ def os_errors(path: Path, option: str = "--out") -> Iterator[None]:
         yield
     except OSError as exc:
         raise output_error(exc, path, option) from None
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A private temporary folder (in $TMPDIR) for what a worker process reads and writes,
+    removed afterwards. A full or read-only TMPDIR, found while writing there, is the user's to
+    fix and says so, instead of a traceback from deep inside numpy's savez."""
+    import tempfile
+
+    where = Path(tempfile.gettempdir())
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            try:
+                yield Path(tmp)
+            except OSError as exc:
+                if exc.errno in _NO_ROOM and (exc.filename is None or str(exc.filename).startswith(tmp)):
+                    raise output_error(exc, where, "TMPDIR") from None
+                raise
+    except OSError as exc:  # making or removing the folder itself
+        if exc.errno in _NO_ROOM or exc.errno in (errno.EACCES, errno.EPERM):
+            raise output_error(exc, where, "TMPDIR") from None
+        raise
 
 
 def _clear_orphaned_temps(path: Path) -> None:

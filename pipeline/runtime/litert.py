@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data import SampleSet
 from ..errors import PipelineError
+from ..fileio import scratch_dir
 from ..versions import package_version
 
 
@@ -171,13 +172,12 @@ def run_isolated(model_path, inputs: list[np.ndarray], resolver: str = "BUILTIN_
     LiteRT with `resolver` in a worker process. Raises PipelineError when it fails or aborts."""
     import subprocess
     import sys
-    import tempfile
     from pathlib import Path
 
     from .. import PROJECT_DIR
     from .process import signal_name
 
-    with tempfile.TemporaryDirectory(prefix="litert-run-") as tmp:
+    with scratch_dir("litert-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
         cmd = [sys.executable, "-m", "pipeline.runtime.litert", resolver, str(model_path), str(src), str(dst)]

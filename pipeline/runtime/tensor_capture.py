@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import PROJECT_DIR
 from ..errors import PipelineError
+from ..fileio import scratch_dir
 from ..tflite_model import TFLiteModel, read_model
 
 # runtime name -> what it runs; LiteRT names map to its OpResolverType
@@ -66,7 +66,7 @@ def capture_tensors(model_path: Path, inputs: list[np.ndarray], runtime: str,
     model = read_model(model_path)
     wanted = captured_tensor_indices(model)
     arena = arena_bytes or preserve_all_arena_bytes(model)
-    with tempfile.TemporaryDirectory(prefix="capture-") as tmp:
+    with scratch_dir("capture-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
         cmd = [sys.executable, "-m", "pipeline.runtime.tensor_capture", runtime, str(model_path),

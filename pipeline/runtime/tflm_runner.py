@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .. import PROJECT_DIR
 from ..errors import PipelineError
+from ..fileio import scratch_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,7 +74,7 @@ def run_tflm_timed(model_path: Path, inputs: list[np.ndarray],
     model = read_model(model_path)
     outputs = len(model.main.outputs)
     arena_bytes = max(arena_bytes or 0, host_arena_bytes(model, model_path.stat().st_size))
-    with tempfile.TemporaryDirectory(prefix="tflm-run-") as tmp:
+    with scratch_dir("tflm-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **{f"input_{i}": a for i, a in enumerate(inputs)})
         cmd = [sys.executable, "-m", "pipeline.runtime.tflm_runner", str(model_path), str(src), str(dst),

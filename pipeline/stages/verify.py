@@ -22,21 +22,34 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cache import content_hash
 from ..data import SampleSet, load_samples
 from ..errors import NotDeployableError, PipelineError
-from ..evaluation import (OutputSpec, describe_outputs, format_limit, format_value, gates, output_metrics,
-                          parse_task_overrides, primary_accuracy)
+from ..evaluation import (
+    OutputSpec,
+    describe_outputs,
+    format_limit,
+    format_value,
+    gates,
+    output_metrics,
+    parse_task_overrides,
+    primary_accuracy,
+)
+from ..fileio import scratch_dir
 from ..model import DTYPE_BITS, TensorSpec, Thresholds, quantization_scheme
-from ..runtime.litert import LiteRTModel, dequantize_array, litert_version, quantize_array
+from ..runtime.litert import (
+    LiteRTModel,
+    dequantize_array,
+    litert_version,
+    quantize_array,
+)
 from ..tflite_model import TFLiteModel, read_model
-from ..cache import content_hash
 from ..versions import package_version
 from .base import Job, Stage
 
@@ -419,7 +432,7 @@ def _tflite_runtime_backend(model_path, q_inputs, builtin_raw, names_out) -> Bac
     if importlib.util.find_spec("tflite_runtime") is None:
         return Backend("tflite_runtime", "tflite-runtime", None, False, note="not installed (optional)",
                        role="information")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("tflite-runtime-") as tmp:
         np.savez(Path(tmp) / "in.npz", **{f"input_{i}": a for i, a in enumerate(q_inputs)})
         proc = subprocess.run([sys.executable, "-c", _TFLITE_RUNTIME_WORKER, str(model_path),
                                str(Path(tmp) / "in.npz")], capture_output=True, text=True, timeout=600)
