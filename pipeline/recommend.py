@@ -149,8 +149,10 @@ def measure_remedies(model: str, calibration: SampleSet, evaluation: SampleSet, 
                      cache_dir: Path = Path("build/.cache")) -> RemedyReport:
     """Convert the baseline and every variant from `model` (a .keras/.h5/SavedModel path or
     `demo`) and measure each on `evaluation`."""
-    from .stages.quantize import _export_fixed_batch, resolve_model_source
+    from . import demo
+    from .runtime.convert import export_fixed_batch
     from .runtime.tf import import_tensorflow
+    from .stages.quantize import resolve_model_source
 
     used = min(calibration_used or calibration.count, calibration.count)
     baseline_calibration = _slice(calibration, 0, used)
@@ -158,7 +160,8 @@ def measure_remedies(model: str, calibration: SampleSet, evaluation: SampleSet, 
     source = resolve_model_source(model, cache_dir)
     tf = import_tensorflow()
     with tempfile.TemporaryDirectory(prefix="remedies-") as tmp:
-        saved = _export_fixed_batch(tf, source, Path(tmp) / "saved_model")
+        model_file = demo.demo_model_path(source.path.parent) if source.is_demo else source.path
+        saved = export_fixed_batch(tf, source.kind, model_file, Path(tmp) / "saved_model")
         float_bytes = convert_variant(tf, saved, "float")
         float_out = _run(float_bytes, evaluation)
         float_accuracy = _accuracy(float_out, evaluation)

@@ -373,6 +373,15 @@ def export_here(model_file: Path, dest: Path) -> dict[str, Any]:
     return info
 
 
+def export_fixed_batch(tf, kind: str, model_file: Path, dest: Path) -> Path:
+    """A SavedModel of the model with batch 1, as the converter process exports it, made in
+    this process: for callers that convert several variants of one model (diagnose's remedies)."""
+    if kind == "savedmodel":
+        return _rewrap_saved_model(tf, Path(model_file), dest)
+    export_here(Path(model_file), dest)
+    return dest
+
+
 # --- the child ------------------------------------------------------------------------------------
 
 class ChildError(Exception):
