@@ -53,9 +53,11 @@ def recorded_input_order(model_path: Path) -> list[str] | None:
     return None
 
 
-def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
-                  data: str | None) -> tuple[list[np.ndarray], list[str], str]:
-    """Quantized inputs: `data` samples, the demo's test digits, or seeded random values."""
+def golden_inputs(model: TFLiteModel, model_path: Path, count: int, data: str | None,
+                  input_order: list[str] | None = None) -> tuple[list[np.ndarray], list[str], str]:
+    """Quantized inputs: `data` samples, the demo's test digits, or seeded random values.
+    `input_order`: the Keras input order when the caller has it (deploy: from quantize's result),
+    else the one recorded beside the model."""
     from . import demo
     from .data import load_samples
     from .model import TensorSpec
@@ -66,7 +68,7 @@ def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
     real = None
     if data:
         samples = load_samples(data, specs, limit=count, option="--data",
-                               tuple_order=recorded_input_order(model_path))
+                               tuple_order=input_order or recorded_input_order(model_path))
         real, source = [samples.inputs[s.name] for s in specs], data
         names = [f"{Path(data).name}[{i}]" for i in range(samples.count)]
     elif demo.is_demo_model(model_path, [s.sample_shape for s in specs]):
@@ -88,8 +90,9 @@ def golden_inputs(model: TFLiteModel, model_path: Path, count: int,
     return quantized, [f"random[{i}] seed 0" for i in range(count)], "seeded random values (no --data given)"
 
 
-def golden_vectors(model: TFLiteModel, model_path: Path, count: int, data: str | None) -> GoldenVectors:
+def golden_vectors(model: TFLiteModel, model_path: Path, count: int, data: str | None, *,
+                   input_order: list[str] | None = None) -> GoldenVectors:
     from .runtime.tflm_runner import run_tflm
 
-    inputs, names, source = golden_inputs(model, model_path, count, data)
+    inputs, names, source = golden_inputs(model, model_path, count, data, input_order)
     return GoldenVectors(names=names, inputs=inputs, expected=run_tflm(model_path, inputs), source=source)

@@ -171,7 +171,8 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
                       vectors: int = DEFAULT_VECTORS, tolerance: int = 0, data: str | None = None,
                       smallest_arena: tuple[int, str] | None = None,
                       arena: ArenaFigures | None = None, check_fit: bool = True,
-                      labels: list[str] | None = None, tensorflow_version: str | None = None) -> FirmwareResult:
+                      labels: list[str] | None = None, tensorflow_version: str | None = None,
+                      input_order: list[str] | None = None) -> FirmwareResult:
     """`arena`: figures a build just measured (firmware_build); `smallest_arena`: (bytes, where
     measured) when a caller measured it in the TFLM Python interpreter (the check stage).
     Otherwise a measurement recorded in the output folder for this model and board is kept
@@ -200,7 +201,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         measured, source = smallest_arena or (tflm.arena_bytes, "the TFLM Python interpreter")
         arena = ArenaFigures(measured, source, measured, source)
     inputs, outputs = io_specs(model)
-    golden = golden_vectors(model, model_path, vectors, data)
+    golden = golden_vectors(model, model_path, vectors, data, input_order=input_order)
     hil = hil_buffers(inputs, outputs)
     preserved = preserved_tensor_bytes(model)
     context = {
@@ -422,12 +423,14 @@ def firmware_options(job: Job) -> dict[str, Any]:
     r = job.request
     quantized = job.results.get("quantize") or {}
     labels = quantized.get("labels")
+    order = quantized.get("keras_inputs")  # tuples from module:function follow the Keras input order
     versions = quantized.get("tool_versions")
     version = versions.get("tensorflow") if isinstance(versions, dict) else None
     # the report may have been edited by hand: only values of the shape quantize writes are used
     return {"board": r.board, "vectors": r.vectors, "tolerance": r.tolerance, "data": r.data,
             "labels": labels if isinstance(labels, list) and all(isinstance(x, str) for x in labels) else None,
-            "tensorflow_version": version if isinstance(version, str) else None}
+            "tensorflow_version": version if isinstance(version, str) else None,
+            "input_order": order if isinstance(order, list) and all(isinstance(x, str) for x in order) else None}
 
 
 def _firmware_job(job: Job) -> FirmwareResult:
