@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,21 @@ def tflm_tree(tmp_path_factory):
 
 def invoke_cmd() -> list[str]:
     return [sys.executable, "-m", "invoke"]
+
+
+@contextmanager
+def running_emulator(model, *args: str):
+    """`invoke emulate --model MODEL ARGS...` in the background, as a rig starts it: yields the
+    port it prints first; SIGTERM must end it cleanly."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(invoke_cmd() + ["emulate", "--model", str(model), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/"), proc.stderr.read() if proc.poll() is not None else port
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, "SIGTERM ends the emulator cleanly"

@@ -635,37 +635,27 @@ def repeated_table_model(repeat: int, width: int, *, what: str = "tensors") -> b
     b = flatbuffers.Builder(1 << 20)
     tflite.BufferStart(b)
     buffer0 = tflite.BufferEnd(b)
-    if what == "tensors":
-        tflite.TensorStartShapeVector(b, width)
-        for _ in range(width):
-            b.PrependInt32(1)
-        shape = b.EndVector()
-        name = b.CreateString("t")
-        tflite.TensorStart(b)
-        tflite.TensorAddShape(b, shape)
-        tflite.TensorAddType(b, tflite.TensorType.INT8)
-        tflite.TensorAddName(b, name)
-        tensor = tflite.TensorEnd(b)
-        tensors = [tensor] * repeat
-        op_inputs = [0]
-    else:
-        tflite.TensorStartShapeVector(b, 2)
-        b.PrependInt32(4)
-        b.PrependInt32(1)
-        shape = b.EndVector()
-        name = b.CreateString("t")
-        tflite.TensorStart(b)
-        tflite.TensorAddShape(b, shape)
-        tflite.TensorAddType(b, tflite.TensorType.INT8)
-        tflite.TensorAddName(b, name)
-        tensors = [tflite.TensorEnd(b)]
-        op_inputs = [0] * width
-
     def ivec(start, values):
         start(b, len(values))
         for v in reversed(values):
             b.PrependInt32(v)
         return b.EndVector()
+
+    def int8_tensor(dims):
+        shape = ivec(tflite.TensorStartShapeVector, dims)
+        name = b.CreateString("t")
+        tflite.TensorStart(b)
+        tflite.TensorAddShape(b, shape)
+        tflite.TensorAddType(b, tflite.TensorType.INT8)
+        tflite.TensorAddName(b, name)
+        return tflite.TensorEnd(b)
+
+    if what == "tensors":
+        tensors = [int8_tensor([1] * width)] * repeat
+        op_inputs = [0]
+    else:
+        tensors = [int8_tensor([1, 4])]
+        op_inputs = [0] * width
 
     ins = ivec(tflite.OperatorStartInputsVector, op_inputs)
     outs = ivec(tflite.OperatorStartOutputsVector, [0])

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import zlib
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, invoke_cmd
+from conftest import ROOT, invoke_cmd, running_emulator
 from pipeline.errors import NotDeployableError, PipelineError
 from pipeline.runtime.device import MAGIC, FrameError, FrameParser, encode, parse_info
 from pipeline.stages.hil import run_hil
@@ -67,18 +66,8 @@ def test_parse_info():
 
 # --- against the emulator ----------------------------------------------------------------------
 
-@contextmanager
 def emulator(model, fault=None):
-    cmd = invoke_cmd() + ["emulate", "--model", str(model)] + (["--fault", fault] if fault else [])
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
-    try:
-        port = proc.stdout.readline().strip()
-        assert port.startswith("/dev/"), proc.stderr.read() if proc.poll() is not None else port
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0, "SIGTERM ends the emulator cleanly"
+    return running_emulator(model, *(["--fault", fault] if fault else []))
 
 
 def test_hil_passes_against_the_emulator(demo_int8):

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, invoke_cmd
+from conftest import ROOT, invoke_cmd, running_emulator
 
 from pipeline.fileio import OUTPUT_MARKER
 from pipeline.runtime.device import (
@@ -40,17 +39,7 @@ if sys.platform != "linux":  # pragma: no cover
 SAMPLES = 4
 
 
-@contextmanager
-def emulator(model: Path, *args: str):
-    proc = subprocess.Popen(invoke_cmd() + ["emulate", "--model", str(model), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        port = proc.stdout.readline().strip()
-        assert port.startswith("/dev/"), proc.stderr.read() if proc.poll() is not None else port
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0, "SIGTERM ends the emulator cleanly"
+emulator = running_emulator
 
 
 @pytest.fixture
