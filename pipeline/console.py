@@ -156,6 +156,7 @@ def deploy_summary(result) -> Table:
                      for line in output_lines(outputs, "metrics")]
         rows += [("rewrite", f"`{r['layer']}` ({r['class']}): {r['change'] or 'kept'}: {r['note']}")
                  for r in q.get("rewrites") or []]
+        rows += _quantizer_rows(q.get("quantizer"))
         rows += [("fix", _fix_line(f)) for f in q.get("layer_fixes") or []]
     if c.get("edgetpu"):
         e = c["edgetpu"]
@@ -211,6 +212,13 @@ def _layer_of(q: dict[str, Any], op_index: int) -> str | None:
 def _verify_passed(v: dict[str, Any], target: str) -> bool:
     return all(c["passed"] for c in v.get("checks", [])
                if target == "all" or c.get("target") in (target, "all", None))
+
+
+def _quantizer_rows(quantizer: dict | None) -> list[tuple[str, str]]:
+    """Only a quantizer other than the converter's default is worth a line."""
+    if not quantizer or not quantizer.get("attempts"):
+        return []
+    return [("quantizer", f"{quantizer['name']}: {quantizer['note']}")]
 
 
 def _fix_line(f: dict[str, Any]) -> str:
@@ -295,6 +303,7 @@ def quantize_summary(r) -> Table:
         if len(e.outputs) > 1 or any(o["task"] != "classification" for o in e.outputs):
             rows += [("output", line) for line in output_lines(list(e.outputs))]
     rows += [("rewrite", f"`{w['layer']}` ({w['class']}): {w['change'] or 'kept'}: {w['note']}") for w in r.rewrites]
+    rows += _quantizer_rows(r.quantizer)
     rows += [("fix", _fix_line(f)) for f in r.layer_fixes]
     rows.append(("report", str(r.output_dir / "report.md")))
     return _summary_grid(Text(f"quantize ({r.mode}): {r.quantized_model}"), rows)

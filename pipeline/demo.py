@@ -40,12 +40,29 @@ class DigitsSplit:
     y_test: np.ndarray
 
 
-def digits_split() -> DigitsSplit:
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's shipped digits (1797 8x8 images, values 0..16, and their labels), read
+    from its data file without importing scikit-learn: that import takes seconds and sets
+    OpenMP variables in the environment. load_digits() when the file is not where it was."""
+    import gzip
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        with gzip.open(path) as f:
+            table = np.loadtxt(f, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    y = digits.target.astype(np.int64)
+    return digits.images, digits.target
+
+
+def digits_split() -> DigitsSplit:
+    images, target = _digits()
+    x = (images / 16.0).astype(np.float32)[..., None]
+    y = target.astype(np.int64)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     x, y = x[order], y[order]
     test = slice(0, TEST_SAMPLES)

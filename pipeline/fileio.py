@@ -310,6 +310,21 @@ def _ensure_replaceable(final: Path, option: str, legacy) -> None:
                             fix=f"pass a new or empty folder to {option}")
 
 
+def _keep_unchanged_times(staging: Path, final: Path, owned: set[str]) -> None:
+    """A file the tool writes again with the same bytes keeps its time: a build of the folder
+    (make and ninja go by time) then recompiles only what changed, e.g. arena.cc alone when a
+    measured arena is written back, not the whole application."""
+    for rel in owned - {MANIFEST}:
+        old, new = final / rel, staging / rel
+        try:
+            if (old.is_file() and not old.is_symlink() and new.is_file() and not new.is_symlink()
+                    and old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes()):
+                st = old.stat()
+                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError:  # an unreadable old file: the new one keeps its own time
+            continue
+
+
 def replace_owned_dir(staging: Path, final: Path, *, option: str = "--out",
                       legacy: Callable[[Path], set[str] | None] | None = None) -> None:
     """Swap a complete staging folder in for `final`. Files in `final` the tool did not make
@@ -326,6 +341,7 @@ def replace_owned_dir(staging: Path, final: Path, *, option: str = "--out",
         raise PipelineError(f"holds {', '.join(clashes[:3])} that edge-deploy did not write, and the new "
                             "project has a file of that name", path=final, field=option,
                             fix="move those files out of the folder, or pass a new folder")
+    _keep_unchanged_times(staging, final, owned)
     old = _swap(staging, final)
     _settle(old, final, legacy)
 

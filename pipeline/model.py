@@ -116,6 +116,7 @@ class QuantizeResult:
     layer_fixes: tuple[dict[str, Any], ...] = ()  # float ops and ops no target has a kernel for
     rewrites: tuple[dict[str, Any], ...] = ()  # changes made to the model before export (unroll)
     op_layers: tuple[dict[str, Any], ...] = ()  # per op of the quantized model: its Keras layer
+    quantizer: dict[str, Any] | None = None  # which of TF's quantizers made the model, and why
 
     @property
     def deployable_to(self) -> tuple[str, ...]:
@@ -148,6 +149,7 @@ class QuantizeResult:
             "layer_fixes": list(self.layer_fixes),
             "rewrites": list(self.rewrites),
             "op_layers": list(self.op_layers),
+            "quantizer": self.quantizer,
             "fully_integer": not self.float_ops,
             "tool_versions": self.tool_versions,
         }

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
+from conftest import ROOT
 from pipeline import demo
 
 
@@ -36,3 +40,10 @@ def test_another_output_folder_takes_the_demo_from_the_user_cache(demo_int8, sha
     copied = demo.demo_model_path(tmp_path / "elsewhere" / ".cache")
     assert copied.parent == tmp_path / "elsewhere" / ".cache"
     assert copied.read_bytes() == shared.read_bytes()
+
+
+def test_the_demo_data_is_read_without_importing_scikit_learn():
+    """Its import costs seconds in every process that reads the demo's data."""
+    code = "import sys; from pipeline import demo; demo.digits_split(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pipeline.errors import PipelineError
@@ -97,6 +99,18 @@ def test_an_empty_folder_and_our_own_folder_are_replaced(tmp_path):
     replace_owned_dir(_generated(tmp_path, final, {"a.h": "2"}), final)
     assert (final / "a.h").read_text() == "2" and not (final / "b").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fw"], "no staging or old folder left"
+
+
+def test_a_file_written_again_with_the_same_bytes_keeps_its_time(tmp_path):
+    """make goes by time: regenerating a project must not make it recompile what did not change."""
+    final = tmp_path / "fw"
+    replace_owned_dir(_generated(tmp_path, final, {"main.cc": "same", "arena.h": "1"}), final)
+    old = 1_000_000_000 * 10**9
+    for name in ("main.cc", "arena.h"):
+        os.utime(final / name, ns=(old, old))
+    replace_owned_dir(_generated(tmp_path, final, {"main.cc": "same", "arena.h": "2"}), final)
+    assert (final / "main.cc").stat().st_mtime_ns == old
+    assert (final / "arena.h").read_text() == "2" and (final / "arena.h").stat().st_mtime_ns > old
 
 
 def test_files_a_user_added_are_carried_into_the_new_folder(tmp_path):

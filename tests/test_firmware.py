@@ -264,6 +264,8 @@ def test_host_and_cortex_m4_pass_and_each_measures_its_own_arena(built, demo_mod
     arena_h = (built.output_dir / "model_arena.h").read_text()
     assert f"kTensorArenaSize = {a.host_bytes};" in arena_h and f"kTensorArenaSize = {a.board_bytes};" in arena_h
     assert built.arena_bytes == a.board_bytes == round_arena(a.board_measured) + 16
+    # both images were rebuilt with the measured arenas: only arena.cc changed, only it compiled
+    assert host["compiled_files"] == cross["compiled_files"] == 1, (host["compiled_files"], cross["compiled_files"])
     # the smallest is the smallest: one byte less fails, on either target
     host_dir, cross_dir = Path(host["build_dir"]), Path(cross["build_dir"])
     board = boards()["qemu-mps2-an386"]
@@ -497,3 +499,20 @@ def test_a_hostile_model_file_name_cannot_inject_into_generated_files(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not list(tmp_path.rglob("pwned*")), "a line from the file name ran at configure time"
+
+
+@pytest.mark.skipif(shutil.which("ninja") is None, reason="ninja-build is not installed (CI installs it)")
+def test_a_library_that_gains_sources_compiles_only_those(tflm_tree, tmp_path):
+    """With Ninja, a second model's new kernels compile alone; the library's others, its unity
+    unit and its precompiled header are not compiled again."""
+    from pipeline.stages.firmware_build import library
+
+    micro = tflm_tree.path / "tensorflow" / "lite" / "micro"
+    first = [str(micro / "micro_log.cc"), str(micro / "kernels" / "kernel_util.cc")]
+    more = [str(micro / "kernels" / "mul.cc"), str(micro / "kernels" / "mul_common.cc")]
+    built_once = library(tflm_tree, None, first, project=tmp_path, root=tmp_path / "cache")
+    assert not built_once["cached"] and built_once["compiled_files"] >= 2 and Path(built_once["path"]).is_file()
+    grown = library(tflm_tree, None, first + more, project=tmp_path, root=tmp_path / "cache")
+    assert grown["sources"] == 4 and grown["compiled_now"] == 2 and grown["compiled_files"] == 2, grown
+    again = library(tflm_tree, None, more, project=tmp_path, root=tmp_path / "cache")
+    assert again["cached"] and again["compiled_now"] == 0

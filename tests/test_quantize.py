@@ -475,3 +475,17 @@ def test_ctrl_c_kills_the_converter_and_leaves_nothing(lstm_files, tmp_path):
     time.sleep(0.5)
     assert converters() == [] and list(tmp.iterdir()) == []
     assert not (tmp_path / "out" / "lstm" / "model_int8.tflite").exists()
+
+
+
+def test_one_converter_process_serves_every_quantize_of_a_session(run_quantize, monkeypatch):
+    """A TensorFlow import costs seconds: the second quantize in a process reuses the converter
+    process though a library imported meanwhile set its variables in the environment
+    (scikit-learn's KMP_*: a new process for each quantize was the cost of every test here)."""
+    from pipeline.runtime import convert
+
+    run_quantize(name="reuse_a")
+    (before,) = [w.proc.pid for w in convert._idle]
+    monkeypatch.setenv("KMP_INIT_AT_FORK", "FALSE")
+    run_quantize(name="reuse_b")
+    assert [w.proc.pid for w in convert._idle] == [before]

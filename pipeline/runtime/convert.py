@@ -60,6 +60,9 @@ RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN", "ConvLSTM1D", "ConvLSTM2
 _FLOAT_CHECK_SAMPLES = 16
 
 
+MLIR_QUANTIZER = {"name": "mlir", "note": "TF's MLIR quantizer (the converter's default)"}
+
+
 @dataclass
 class Conversion:
     float_bytes: bytes
@@ -69,6 +72,7 @@ class Conversion:
     recurrent: list[dict[str, str]] = field(default_factory=list)  # {"layer", "class"}
     rewrites: list[dict[str, Any]] = field(default_factory=list)
     tensorflow: str = ""
+    quantizer: dict[str, Any] = field(default_factory=lambda: dict(MLIR_QUANTIZER))
 
 
 def _child_env() -> dict[str, str]:
@@ -78,6 +82,16 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return env
+
+
+_CHILD_VARIABLES = ("PYTHON", "TF_", "KERAS_", "CUDA_", "EDGE_DEPLOY_")
+
+
+def _identity(env: dict[str, str]) -> dict[str, str]:
+    """What makes a converter process fit for a job: its import path and the variables that
+    steer Python, TensorFlow and Keras. Not the rest: libraries this process imports later set
+    their own (scikit-learn's KMP_*), and a new process for that costs a TensorFlow import."""
+    return {k: v for k, v in env.items() if k.startswith(_CHILD_VARIABLES)}
 
 
 class _Worker:
@@ -135,7 +149,7 @@ def _worker() -> _Worker:
     env = _child_env()
     while _idle:
         worker = _idle.pop()
-        if worker.alive() and worker.env == env:
+        if worker.alive() and _identity(worker.env) == _identity(env):
             return worker
         worker.close()
     return _Worker(env)
@@ -177,6 +191,7 @@ def convert_in_child(workdir: Path, *, kind: str, path: Path, mode: str, io_type
         child.send("calibrate" if samples is not None else "convert")
         stage = f"the {mode} conversion" + (" (calibration)" if samples is not None else "")
         rewrites = loaded.get("rewrites", [])
+        quantizer = dict(MLIR_QUANTIZER)
         progress = None
         try:
             while True:
@@ -189,6 +204,8 @@ def convert_in_child(workdir: Path, *, kind: str, path: Path, mode: str, io_type
                     progress.advance()
                 elif event["event"] == "rewrites":
                     rewrites = event["rewrites"]
+                elif event["event"] == "quantizer":
+                    quantizer = event["quantizer"]
                 elif event["event"] == "done":
                     break
         finally:
@@ -208,7 +225,7 @@ def convert_in_child(workdir: Path, *, kind: str, path: Path, mode: str, io_type
     return Conversion(float_bytes=float_bytes, quant_bytes=quant_bytes,
                       keras_inputs=loaded.get("keras_inputs"), keras_outputs=loaded.get("keras_outputs"),
                       recurrent=loaded.get("recurrent", []), rewrites=rewrites,
-                      tensorflow=loaded.get("tensorflow", ""))
+                      tensorflow=loaded.get("tensorflow", ""), quantizer=quantizer)
 
 
 class _ChildReported(PipelineError):
@@ -462,6 +479,12 @@ def _job(tf, workdir: Path, emit) -> None:
                                                                   calibration))
         data = _convert(tf, saved, request["mode"], io_type=request["io_type"], calibration=calibration,
                         progress=lambda done, total: emit(event="progress", done=done, total=total))
+        if request["mode"] == "int8" and (left := _float_ops(data)):
+            data, quantizer = _retried(lambda mlir: _convert(tf, saved, "int8", io_type=request["io_type"],
+                                                             calibration=calibration, mlir_quantizer=mlir),
+                                       data, left)
+            if quantizer:
+                emit(event="quantizer", quantizer=quantizer)
         (workdir / QUANT_FILE).write_bytes(data)
         emit(event="done")
     except ChildError as exc:
@@ -667,9 +690,53 @@ def _rewrap_saved_model(tf, path: Path, dest: Path) -> Path:
     return dest
 
 
+def _float_ops(model_bytes: bytes) -> list[str]:
+    """'op K NAME' for each op a quantized model left in float (no TensorFlow involved); none
+    when the converter's output cannot be read here (the parent reads it again and says why)."""
+    from ..errors import PipelineError
+    from ..layer_fixes import float_op_indices
+    from ..tflite_model import parse_model
+
+    try:
+        model = parse_model(model_bytes, source="the quantized model")
+    except PipelineError:
+        return []
+    return [f"op {k} {model.main.operators[k].op}" for k in float_op_indices(model)]
+
+
+MLIR_ATTEMPTS = 5
+
+
+def _retried(convert: Callable[[bool], bytes], first: bytes, left: list[str]) -> tuple[bytes, dict | None]:
+    """TF 2.21's MLIR quantizer does not give the same model from run to run on some graphs: an
+    unrolled LSTM's SPLIT comes out float in about one run in three, integer otherwise. TF's
+    older quantizer is deterministic: when it makes every op integer, the float ops were that
+    chance, and the MLIR quantizer is run again (its models are the more accurate; the older
+    one's is kept when every run left an op float). When the older one leaves ops float too,
+    they are the model's: the first result stands and no time is spent on retries."""
+    try:
+        legacy = convert(False)
+    except ChildError:  # it refuses what it cannot quantize ("not yet supported for op: 'SIN'")
+        return first, None
+    if _float_ops(legacy):
+        return first, None
+    for attempt in range(2, MLIR_ATTEMPTS + 1):
+        data = convert(True)
+        if not _float_ops(data):
+            return data, {"name": "mlir", "attempts": attempt,
+                          "note": f"TF's MLIR quantizer left {', '.join(left)} float in its first run and made "
+                                  f"every op integer in run {attempt} (its result varies from run to run on "
+                                  "some graphs; TF's older quantizer showed the op can be integer)"}
+    return legacy, {"name": "legacy", "attempts": MLIR_ATTEMPTS,
+                    "note": f"TF's MLIR quantizer left {', '.join(left)} float in {MLIR_ATTEMPTS} runs; TF's older "
+                            "quantizer made every op integer"}
+
+
 def _convert(tf, saved: Path, mode: str, *, io_type: str | None = None, calibration=None,
-             progress: Callable[[int, int], None] | None = None) -> bytes:
+             progress: Callable[[int, int], None] | None = None, mlir_quantizer: bool = True) -> bytes:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if not mlir_quantizer:
+        converter.experimental_new_quantizer = False
     if mode != "float":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if calibration is not None:

@@ -38,6 +38,7 @@ _SELFTEST_LINE = re.compile(r"^SELFTEST (PASS|FAIL) (\d+)/(\d+)\s*$", re.M)
 _VECTOR_LINE = re.compile(r"^vector (\d+) \(.*\): (PASS max diff (\d+)|FAIL .*?differs by (\d+)|FAIL .*?)"
                           r"(?:, (\d+) (cycles|us)|, time not measured)?\s*$", re.M)
 _ARENA_LINE = re.compile(r"^arena: (\d+) of (\d+) bytes used", re.M)
+_COMPILED_LINE = re.compile(r"Building (?:C|CXX|ASM) object", re.M)  # make's and ninja's progress lines
 _CREATE_TREE = "tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py"
 
 
@@ -139,6 +140,13 @@ def _launcher() -> list[str]:
     return []
 
 
+def _library_generator() -> list[str]:
+    """Ninja for the library cache when installed: it rebuilds a command whose line changed, so
+    sources new to a library compile alone. CMake's Makefiles keep every source's flags in one
+    file per target, and adding a source to it recompiles the whole library."""
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
 def _jobs() -> str:
     return f"-j{os.cpu_count() or 2}"
 
@@ -161,6 +169,7 @@ def _library_key(tree: TflmTree, board: Board | None) -> tuple[str, str, str]:
         "tree": str(tree.path), "tree_content": tree.identity(), "compiler": shutil.which(compiler) or compiler,
         "compiler_version": _tool_version(compiler), "flags": flags, "build_type": build_type,
         "templates": _template_digest(), "cmake": _tool_version("cmake"), "tool": __version__,
+        "generator": _library_generator(),
     }, sort_keys=True).encode()).hexdigest()
     return key, build_type, flags
 
@@ -189,16 +198,18 @@ def library(tree: TflmTree, board: Board | None, sources: list[str], *, project:
         write_text_atomic(where / "CMakeLists.txt", env.get_template("firmware/library/CMakeLists.txt.j2").render(**context))
         write_text_atomic(where / "tflm.cmake", env.get_template("firmware/cmake/tflm.cmake.j2").render(**context))
         configure = ["cmake", "-S", str(where), "-B", str(where / "build"), f"-DTFLM_TREE={tree.path}",
-                     f"-DCMAKE_BUILD_TYPE={build_type}", *_launcher()]
+                     f"-DCMAKE_BUILD_TYPE={build_type}", *_library_generator(), *_launcher()]
         if board:
             write_text_atomic(where / "arm-none-eabi.cmake",
                               env.get_template("firmware/cmake/arm-none-eabi.cmake.j2").render(**context))
             configure.append(f"-DCMAKE_TOOLCHAIN_FILE={where / 'arm-none-eabi.cmake'}")
         write_text_atomic(where / "sources.txt", "\n".join(sorted(wanted)) + "\n")
         _run(configure, what="configuring the TFLM library", project=project)
-        _run(["cmake", "--build", str(where / "build"), _jobs()], what="building the TFLM library", project=project)
+        proc = _run(["cmake", "--build", str(where / "build"), _jobs()], what="building the TFLM library",
+                    project=project)
         return {"path": str(lib), "key": key[:20], "sources": len(wanted), "compiled_now": len(wanted - known),
-                "cached": False, "seconds": round(time.perf_counter() - start, 1)}
+                "compiled_files": len(_COMPILED_LINE.findall(proc.stdout)), "cached": False,
+                "seconds": round(time.perf_counter() - start, 1)}
 
 
 # --- one build -------------------------------------------------------------------------------------
@@ -227,8 +238,9 @@ def build(project: Path, tree: TflmTree, build_dir: Path, *, board: Board | None
                               "tflm_sources": len(sources), "kernels": tree.kernels}
     if root is not None:
         result["library"] = library(tree, board, sources, project=project, root=root)
-    _run(["cmake", "--build", str(build_dir), _jobs()], what=f"the {kind} build", project=project)
-    result.update(built=True, build_seconds=round(time.perf_counter() - start, 1))
+    proc = _run(["cmake", "--build", str(build_dir), _jobs()], what=f"the {kind} build", project=project)
+    result.update(built=True, build_seconds=round(time.perf_counter() - start, 1),
+                  compiled_files=len(_COMPILED_LINE.findall(proc.stdout)))
     if board:
         result["size"] = image_size(build_dir / "selftest.elf")
     return result

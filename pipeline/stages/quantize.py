@@ -181,6 +181,7 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
         float_ops=tuple(f.to_json() for f in fixes if f.in_float),
         layer_fixes=tuple(f.to_json() for f in fixes),
         rewrites=tuple(converted.rewrites),
+        quantizer=converted.quantizer,
         op_layers=tuple({"op_index": o.op_index, "op": o.op, "keras_layer": o.keras_layer,
                          "layer_class": o.layer_class} for o in op_layers),
     )
