@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import glob
 import json
 import logging
@@ -318,7 +319,7 @@ def _keep_unchanged_times(staging: Path, final: Path, owned: set[str]) -> None:
         old, new = final / rel, staging / rel
         try:
             if (old.is_file() and not old.is_symlink() and new.is_file() and not new.is_symlink()
-                    and old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes()):
+                    and filecmp.cmp(old, new, shallow=False)):
                 st = old.stat()
                 os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
         except OSError:  # an unreadable old file: the new one keeps its own time

@@ -38,7 +38,7 @@ _SELFTEST_LINE = re.compile(r"^SELFTEST (PASS|FAIL) (\d+)/(\d+)\s*$", re.M)
 _VECTOR_LINE = re.compile(r"^vector (\d+) \(.*\): (PASS max diff (\d+)|FAIL .*?differs by (\d+)|FAIL .*?)"
                           r"(?:, (\d+) (cycles|us)|, time not measured)?\s*$", re.M)
 _ARENA_LINE = re.compile(r"^arena: (\d+) of (\d+) bytes used", re.M)
-_COMPILED_LINE = re.compile(r"Building (?:C|CXX|ASM) object", re.M)  # make's and ninja's progress lines
+_COMPILED_LINE = re.compile(r"Building (?:C|CXX|ASM) object", re.M)
 _CREATE_TREE = "tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py"
 
 
@@ -147,6 +147,11 @@ def _library_generator() -> list[str]:
     return ["-G", "Ninja"] if shutil.which("ninja") else []
 
 
+def _compiled_files(proc: subprocess.CompletedProcess) -> int:
+    """How many files a `cmake --build` compiled, from make's or ninja's progress lines."""
+    return len(_COMPILED_LINE.findall(proc.stdout))
+
+
 def _jobs() -> str:
     return f"-j{os.cpu_count() or 2}"
 
@@ -208,7 +213,7 @@ def library(tree: TflmTree, board: Board | None, sources: list[str], *, project:
         proc = _run(["cmake", "--build", str(where / "build"), _jobs()], what="building the TFLM library",
                     project=project)
         return {"path": str(lib), "key": key[:20], "sources": len(wanted), "compiled_now": len(wanted - known),
-                "compiled_files": len(_COMPILED_LINE.findall(proc.stdout)), "cached": False,
+                "compiled_files": _compiled_files(proc), "cached": False,
                 "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -240,7 +245,7 @@ def build(project: Path, tree: TflmTree, build_dir: Path, *, board: Board | None
         result["library"] = library(tree, board, sources, project=project, root=root)
     proc = _run(["cmake", "--build", str(build_dir), _jobs()], what=f"the {kind} build", project=project)
     result.update(built=True, build_seconds=round(time.perf_counter() - start, 1),
-                  compiled_files=len(_COMPILED_LINE.findall(proc.stdout)))
+                  compiled_files=_compiled_files(proc))
     if board:
         result["size"] = image_size(build_dir / "selftest.elf")
     return result
