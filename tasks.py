@@ -10,11 +10,27 @@ import signal
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, Program, task
+from invoke import Collection, Exit, Program, Task
+from invoke import task as _invoke_task
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.settings import invoke_defaults
+
+
+class _Task(Task):
+    """Invoke's automatic short flag is the first free character of an option's name, the dash
+    of `--max-drop` included once the letters are taken (`--help` showed `--=STRING`): a short
+    flag is a letter or digit, or there is none."""
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalnum()]
+        return opts
+
+
+def task(*args, **kwargs):
+    return _invoke_task(*args, klass=_Task, **kwargs)
 
 
 def _invoked_from_the_command_line() -> bool:
@@ -35,6 +51,8 @@ def _check_configuration(argv: list[str], project_dir: Path | None = None) -> No
 
 
 if _invoked_from_the_command_line():
+    if hasattr(signal, "SIGPIPE"):  # `invoke --list | head` too ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _check_configuration(sys.argv[1:])
 
 

@@ -287,6 +287,38 @@ def test_only_the_models_kernels_and_the_core_are_compiled(built, tflm_tree):
     assert Path(lib["path"]).is_file() and lib["sources"] >= len(listed)
 
 
+def test_main_reuses_the_librarys_precompiled_header_and_helpers_compile_without_it(built, tflm_tree, tmp_path):
+    """main.cc (the interpreter's headers) reuses the cached library's .gch; the library's files
+    that never reach the flatbuffer schema skip the 250 MB header (2.5 s each to load)."""
+    import subprocess
+
+    host = built.builds["host"]
+    lib_dir = Path(host["library"]["path"]).parent
+    pch = lib_dir / "CMakeFiles" / "tflm.dir" / "cmake_pch.hxx"
+    assert (pch.parent / "cmake_pch.hxx.gch").is_file()
+    cache_txt = (Path(host["build_dir"]) / "CMakeCache.txt").read_text()
+    assert f"TFLM_LIB_PCH:FILEPATH={pch}" in cache_txt
+    if not (lib_dir / "build.ninja").is_file():
+        pytest.skip("the library cache was built with Makefiles here: ninja-build is not installed (CI has it)")
+    commands = subprocess.run(["ninja", "-C", str(lib_dir), "-t", "commands"], capture_output=True,
+                              text=True).stdout.splitlines()
+    def compile_of(pattern):
+        return next(c for c in commands if re.search(pattern, c))
+    assert "cmake_pch.hxx" in compile_of(r"/tflm_pairs/conv_\w+\.cc\.o ")  # conv.cc + conv_common.cc
+    assert "cmake_pch.hxx" not in compile_of(r"/runtime_shape\.cc\.o ")  # kernels/internal: no schema
+    # a header GCC cannot use (another optimization level) is read as text: still builds
+    project = built.output_dir
+    debug = tmp_path / "debug"
+    configure = subprocess.run(["cmake", "-S", str(project), "-B", str(debug), f"-DTFLM_TREE={tflm_tree.path}",
+                                "-DCMAKE_BUILD_TYPE=Debug", f"-DTFLM_LIB={host['library']['path']}",
+                                f"-DTFLM_LIB_PCH={pch}"], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stderr
+    make = subprocess.run(["cmake", "--build", str(debug), "-j2", "--target", "selftest"], capture_output=True,
+                          text=True)
+    assert make.returncode == 0, make.stdout[-2000:] + make.stderr[-2000:]
+    assert "SELFTEST PASS 4/4" in subprocess.run([str(debug / "selftest")], capture_output=True, text=True).stdout
+
+
 def test_device_time_is_instructions_under_qemu_and_never_zero(built):
     host, cross = built.builds["host"], built.builds["cross:qemu-mps2-an386"]
     assert host["timing"]["unit"] == "us" and all(t > 0 for t in host["timing"]["per_vector"])
@@ -513,6 +545,49 @@ def test_a_library_that_gains_sources_compiles_only_those(tflm_tree, tmp_path):
     built_once = library(tflm_tree, None, first, project=tmp_path, root=tmp_path / "cache")
     assert not built_once["cached"] and built_once["compiled_files"] >= 2 and Path(built_once["path"]).is_file()
     grown = library(tflm_tree, None, first + more, project=tmp_path, root=tmp_path / "cache")
-    assert grown["sources"] == 4 and grown["compiled_now"] == 2 and grown["compiled_files"] == 2, grown
+    # mul.cc and mul_common.cc are one unit: one compile
+    assert grown["sources"] == 4 and grown["compiled_now"] == 2 and grown["compiled_files"] == 1, grown
     again = library(tflm_tree, None, more, project=tmp_path, root=tmp_path / "cache")
     assert again["cached"] and again["compiled_now"] == 0
+    # reshape.h has no include guard: reshape.cc and reshape_common.cc stay apart
+    unguarded = [str(micro / "kernels" / "reshape.cc"), str(micro / "kernels" / "reshape_common.cc")]
+    grown = library(tflm_tree, None, first + more + unguarded, project=tmp_path, root=tmp_path / "cache")
+    assert grown["compiled_now"] == 2 and grown["compiled_files"] == 2, grown
+
+
+def _tree_with_kernels(tree: Path, where: Path, kernels: dict[str, str]) -> Path:
+    """A tree like `tree` (symbolic links to its files) with `kernels` added to micro/kernels."""
+    root = where / "tree"
+    chain = Path("tensorflow", "lite", "micro", "kernels")
+    for depth in range(len(chain.parts) + 1):
+        here = Path(*chain.parts[:depth])
+        (root / here).mkdir(parents=True, exist_ok=True)
+        for entry in (tree / here).iterdir():
+            inner = here / entry.name
+            if depth < len(chain.parts) and entry.name == chain.parts[depth]:
+                continue
+            (root / inner).symlink_to(entry)
+    for name, text in kernels.items():
+        (root / chain / name).write_text(text)
+    return root
+
+
+def test_a_kernel_pair_that_clashes_as_one_unit_is_built_apart_and_remembered(tflm_tree, tmp_path):
+    """Another TFLM version's kernel and _common.cc may define the same name in an anonymous
+    namespace: the cache builds the library again with the pairs apart, and keeps it so."""
+    from pipeline.stages.firmware_build import library, resolve_tree
+
+    clash = "namespace {{\nconstexpr int kClash = 1;\n}}\nint {}() {{ return kClash; }}\n"
+    tree = resolve_tree(_tree_with_kernels(tflm_tree.path, tmp_path, {
+        "clash.cc": clash.format("ClashKernel"), "clash_common.cc": clash.format("ClashCommon")}))
+    kernels = tree.path / "tensorflow" / "lite" / "micro" / "kernels"
+    sources = [str(kernels / "clash.cc"), str(kernels / "clash_common.cc")]
+    built = library(tree, None, sources, project=tmp_path, root=tmp_path / "cache")
+    assert not built["cached"] and built["compiled_files"] == 2 and Path(built["path"]).is_file(), built
+    marker = Path(built["path"]).parent.parent / "kernels-unpaired"
+    assert marker.is_file()
+    grown = library(tree, None, sources + [str(kernels / "mul.cc"), str(kernels / "mul_common.cc")],
+                    project=tmp_path, root=tmp_path / "cache")
+    objects = {o.name for o in Path(grown["path"]).parent.rglob("*.o")}
+    assert {"mul.cc.o", "mul_common.cc.o"} <= objects, objects  # apart too, now
+    assert not any(o.startswith("mul_") and o != "mul_common.cc.o" for o in objects), objects

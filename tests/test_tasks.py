@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,27 @@ def test_deploy_with_no_arguments_runs_the_demo(tmp_path):
 def test_help_documents_options(task, option):
     proc = run_invoke("--help", task)
     assert proc.returncode == 0 and option in proc.stdout
+
+
+@pytest.mark.parametrize("task", ["quantize", "check", "compile", "firmware", "verify", "deploy", "diagnose",
+                                  "hil", "emulate"])
+def test_every_short_flag_is_a_letter(task):
+    """Invoke's automatic short flags used the dash of --max-drop once the letters ran out
+    (`--=STRING, --max-drop=STRING`): a short flag is a letter or digit, or there is none."""
+    proc = run_invoke("--help", task)
+    assert proc.returncode == 0
+    shorts = re.findall(r"^\s+-(\S)[ ,=]", proc.stdout, flags=re.M)
+    assert shorts and all(c.isalnum() for c in shorts), shorts
+    assert "--=" not in proc.stdout
+
+
+def test_a_listing_into_a_closed_pipe_ends_quietly():
+    """`invoke --list | head`: the reader may be gone before the listing is written (`true`
+    never reads), and then the writer ends quietly, like any Unix tool, without a traceback."""
+    proc = subprocess.run(f"{sys.executable} -m invoke --list | true", shell=True, cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [
