@@ -18,14 +18,18 @@ from pipeline.errors import PipelineError
 from pipeline.settings import invoke_defaults
 
 
-class _Task(Task):
-    """Invoke's automatic short flag is the first free character of an option's name, the dash
-    of `--max-drop` included once the letters are taken (`--help` showed `--=STRING`): a short
-    flag is a letter or digit, or there is none."""
+# The short flags, the same letter for the same option in every task; the other options are
+# long only. (Invoke's automatic ones took the first free character of each name, so -i was
+# --build in one task and --min-agreement in the next, and the dash of --max-drop once the
+# letters ran out: `--=STRING`.)
+SHORT_FLAGS = {"model": "m", "data": "d", "out": "o", "board": "b", "target": "t"}
 
+
+class _Task(Task):
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
-        opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalnum()]
+        short = SHORT_FLAGS.get(name)
+        opts["names"] = [opts["names"][0]] + ([short] if short and short not in taken_names else [])
         return opts
 
 

@@ -519,6 +519,8 @@ def build_line(run: dict) -> str:
         line += ", time not measured"
     if run.get("smallest_arena_bytes"):
         line += f", smallest arena {run['smallest_arena_bytes']} B"
+        if run.get("arena_measured_on"):  # this image never ran: a preset with its flags did
+            line += f" (measured on {run['arena_measured_on']})"
     if run.get("size"):
         s = run["size"]
         line += f", text {s['text']} data {s['data']} bss {s['bss']}"

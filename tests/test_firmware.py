@@ -394,6 +394,17 @@ def test_a_plain_invoke_firmware_keeps_the_measured_arena(built, demo_model):
     assert proc.returncode == 0, proc.stderr
     assert (built.output_dir / "model_arena.h").read_bytes() == before
     assert f"{built.arena_bytes} B" in proc.stdout and "under QEMU" in proc.stdout
+    # rendered for another board in between, the project forgets nothing it measured
+    other = subprocess.run(invoke_cmd() + ["-r", str(ROOT), "firmware", "--model", str(demo_model), "--board",
+                                           "qemu-mps2-an385"], cwd=demo_model.parent, capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert "TFLM Python interpreter" in other.stdout  # an385 was never measured here
+    back = subprocess.run(invoke_cmd() + ["-r", str(ROOT), "firmware", "--model", str(demo_model)],
+                          cwd=demo_model.parent, capture_output=True, text=True)
+    assert back.returncode == 0, back.stderr
+    assert (built.output_dir / "model_arena.h").read_bytes() == before
+    doc = json.loads((built.output_dir / "measurements.json").read_text())
+    assert doc["board"] == "qemu-mps2-an386" and "qemu-mps2-an386" in doc["boards"]
 
 
 @pytest.mark.parametrize("preset", [_preset_param(k) for k in QEMU_PRESETS + LINK_ONLY_PRESETS])

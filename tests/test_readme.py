@@ -107,7 +107,7 @@ def test_readme_firmware_commands_run_verbatim(demo_int8, tflm_tree, tmp_path):
     ran = dict(outputs)
     host = next(out for cmd, out in outputs if cmd.startswith("cmake --build build/demo/fw-host"))
     assert "SELFTEST PASS 4/4" in host
-    qemu = next(out for cmd, out in outputs if cmd.startswith("qemu-system-arm -M mps2-an386 -nographic -semihosting -kernel"))
+    qemu = next(out for cmd, out in outputs if cmd.startswith("qemu-system-arm -M mps2-an386 -nographic -semihosting -icount shift=0 -kernel"))
     assert "SELFTEST PASS 4/4" in qemu and "cycles" in qemu
     hil_runs = [out for cmd, out in ran.items() if cmd.startswith("invoke hil")]
     assert len(hil_runs) == 2 and all("HIL PASS 4/4" in out for out in hil_runs), hil_runs

@@ -120,3 +120,35 @@ def test_the_diagnosis_plot_is_deterministic_and_well_formed_with_hostile_layer_
     rows = [line for line in md.splitlines() if line.startswith("| 3 | CONV_2D |")]
     assert [r.count(" | ") for r in rows] == [5, 7], rows  # worst-layer row and per-op row keep their cells
     assert "(diagnose_layers.svg)" in md
+
+
+def _firmware_section(board_fit):
+    return {"output_dir": "firmware", "board_key": "qemu-mps2-an386", "test_vectors": 4,
+            "resolver_methods": ["AddConv2D", "AddSoftmax"],
+            "arena": {"board_bytes": 9952, "board_measured_by": "binary search under QEMU",
+                      "host_bytes": 10816, "host_measured_by": "binary search on the host build"},
+            "builds": {
+                "host": {"built": True, "selftest": "SELFTEST PASS 4/4", "max_difference": 0,
+                         "timing": {"measured": True, "unit": "us", "per_vector": [100, 300]},
+                         "smallest_arena_bytes": 10800},
+                "cross:nrf": {"built": False, "error": "region `RAM' overflowed | by 2 bytes\nsecond line"}},
+            "board": board_fit}
+
+
+def test_report_md_shows_the_firmware_its_builds_and_the_linked_fit(tmp_path):
+    """report.md had no firmware section: the arena, each build's self-test, time, smallest
+    arena and image, and the fit from the linked image are in report.json, now also here."""
+    from pipeline.boards import get_board, linked_fit
+
+    fit = linked_fit(get_board("qemu-mps2-an386"), text=374684, data=2500, bss=23240, model_bytes=8000,
+                     arena_bytes=9952, elf="selftest.elf")
+    update_report(tmp_path, "m", "firmware", _firmware_section(fit))
+    md = (tmp_path / "report.md").read_text()
+    section = md[md.index("## TFLite Micro firmware"):]
+    assert "`MicroMutableOpResolver<2>` with AddConv2D, AddSoftmax; 4 golden vectors" in section
+    assert "| board (`kTensorArenaSize`) | 9952 | binary search under QEMU |" in section
+    assert "| host | SELFTEST PASS 4/4, max diff 0 | 200 us | 10800 | none |" in section
+    # a compiler error stays in its cell, on its line
+    row = next(line for line in section.splitlines() if line.startswith("| cross:nrf |"))
+    assert row.count(" | ") == 4 and "second line" in row, row
+    assert "from the linked image" in section and "| flash | 377184 | 4194304 |" in section

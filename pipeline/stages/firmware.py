@@ -228,9 +228,11 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     }
     with replacing_owned_dir(out_dir, context["generator"], option="--out", legacy=legacy_firmware_files) as staging:
         files = _render(staging, context, raw, cortex_m=board_preset.is_cortex_m)
+        measured = _recorded_boards(out_dir, sha)
+        measured[board_preset.key] = {"arm_flags": board_preset.arm_flags(), "arena": arena.to_json()}
         (staging / MEASUREMENTS_FILE).write_text(json.dumps(
             {"generated_by": f"{context['generator']}, do not edit", "model_sha256": sha, "board": board_preset.key,
-             "arm_flags": board_preset.arm_flags(), "arena": arena.to_json()}, indent=1, sort_keys=True) + "\n")
+             "boards": measured}, indent=1, sort_keys=True) + "\n")
         files = sorted([*files, MEASUREMENTS_FILE])
         _keep_unchanged_mtimes(staging, out_dir, files)
         result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena.board_bytes,
@@ -295,18 +297,37 @@ def preserved_tensor_bytes(model: TFLiteModel) -> int:
     return total
 
 
-def recorded_arena(out_dir: Path, sha256: str, board: Board) -> ArenaFigures | None:
-    """The arena a build measured for this very model and board (same compiler flags), as the
-    last generation recorded it in the output folder; None when there is none or it differs."""
+_INTERPRETER = "the TFLM Python interpreter"
+
+
+def _recorded_boards(out_dir: Path, sha256: str) -> dict[str, dict[str, Any]]:
+    """The arenas builds measured for this very model, per board, as the last generation
+    recorded them (measurements.json); the Python interpreter's upper bounds are not kept."""
     try:
         doc = json.loads((out_dir / MEASUREMENTS_FILE).read_text())
-        if doc["model_sha256"] != sha256 or doc["board"] != board.key or doc["arm_flags"] != board.arm_flags():
-            return None
-        figures = ArenaFigures.from_json(doc["arena"])
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(doc, dict) or doc.get("model_sha256") != sha256:
+            return {}
+        entries = doc.get("boards")
+        if entries is None and "arena" in doc:  # one board, as edge-deploy 0.1 recorded it
+            entries = {doc["board"]: {"arm_flags": doc["arm_flags"], "arena": doc["arena"]}}
+        kept = {}
+        for key, entry in (entries or {}).items():
+            figures = ArenaFigures.from_json(entry["arena"])
+            if not (figures.board_source == _INTERPRETER and figures.host_source == _INTERPRETER):
+                kept[str(key)] = {"arm_flags": str(entry["arm_flags"]), "arena": figures.to_json()}
+        return kept
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def recorded_arena(out_dir: Path, sha256: str, board: Board) -> ArenaFigures | None:
+    """The arena a build measured for this very model and board (same compiler flags), as a
+    generation recorded it in the output folder, for whichever board it was last rendered;
+    None when there is none or the flags differ."""
+    entry = _recorded_boards(out_dir, sha256).get(board.key)
+    if entry is None or entry["arm_flags"] != board.arm_flags():
         return None
-    interpreter = "the TFLM Python interpreter"
-    return None if figures.board_source == interpreter and figures.host_source == interpreter else figures
+    return ArenaFigures.from_json(entry["arena"])
 
 
 def legacy_firmware_files(folder: Path) -> set[str] | None:
