@@ -5,7 +5,8 @@ same run.
     python bench/firmware.py [--tflm-tree DIR]
 
 1. baseline: the demo's project built for the host and the Cortex-M4 the way it was before:
-   every source of the tree (-DTFLM_ALL_SOURCES=ON), no precompiled header, no library cache.
+   every source of the tree (-DTFLM_ALL_SOURCES=ON), no precompiled header, no unity units, no
+   library cache.
 2. first `invoke firmware --build` of the demo, with an empty TFLM library cache.
 3. `invoke firmware --build` of a second model (other layers, so other kernels) with the same
    flags: the cached libraries gain only its new kernels.
@@ -50,7 +51,7 @@ def _build_all_of_tflm(project: Path, tree: Path, work: Path) -> float:
     for name, extra in (("host", []), ("arm", ["-DCORTEX_M=ON"])):
         build = work / f"scratch-{name}"
         subprocess.run(["cmake", "-S", str(project), "-B", str(build), f"-DTFLM_TREE={tree}", "-DTFLM_ALL_SOURCES=ON",
-                        "-DTFLM_PCH=OFF", "-DTFLM_UNITY=OFF", *extra], check=True, capture_output=True)
+                        "-DTFLM_PCH=OFF", "-DTFLM_UNITY=OFF", "-DTFLM_PAIR_KERNELS=OFF", *extra], check=True, capture_output=True)
         subprocess.run(["cmake", "--build", str(build), f"-j{os.cpu_count() or 2}"], check=True, capture_output=True)
     return time.perf_counter() - start
 
