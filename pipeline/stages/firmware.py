@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,7 @@ _SKELETON = ("main.cc", "arena.cc", "hil_server.h", "hil_server.cc", "board/boar
 # What earlier versions of this stage wrote (a legacy folder without a manifest may hold them)
 _FORMER_FILES = ("cmake/arm-none-eabi.cmake", "board/cortexm/startup.c", "board/cortexm/mps2_an386.ld")
 MEASUREMENTS_FILE = "measurements.json"
+_INTERPRETER = "the TFLM Python interpreter"  # who measured an arena before any build
 HIL_TEXT_BYTES = 1024  # INFO and ERROR replies: board name, firmware, hashes
 HIL_INFO_BUFFER = 768  # main.cc's INFO text buffer
 
@@ -198,7 +198,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         raise NotDeployableError(f"the model does not run on TFLite Micro: {'; '.join(reasons)}",
                                  path=model_path, field="--model", fix="see `invoke check --target tflm`")
     if arena is None:
-        measured, source = smallest_arena or (tflm.arena_bytes, "the TFLM Python interpreter")
+        measured, source = smallest_arena or (tflm.arena_bytes, _INTERPRETER)
         arena = ArenaFigures(measured, source, measured, source)
     inputs, outputs = io_specs(model)
     golden = golden_vectors(model, model_path, vectors, data, input_order=input_order)
@@ -234,7 +234,6 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
             {"generated_by": f"{context['generator']}, do not edit", "model_sha256": sha, "board": board_preset.key,
              "boards": measured}, indent=1, sort_keys=True) + "\n")
         files = sorted([*files, MEASUREMENTS_FILE])
-        _keep_unchanged_mtimes(staging, out_dir, files)
         result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena.board_bytes,
                                 arena_measured=arena.board_measured, arena_source=arena.board_source,
                                 resolver_methods=list(tflm.resolver_methods), vectors=len(golden), arena=arena,
@@ -245,19 +244,6 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
             if check_fit:
                 raise_if_too_big(result.board, board_preset)
     return result
-
-
-def _keep_unchanged_mtimes(staging: Path, previous: Path, files: list[str]) -> None:
-    """A file whose bytes did not change keeps its old modification time, so a build directory
-    made from the previous folder recompiles only what changed (a new arena: arena.cc)."""
-    for rel in files:
-        old, new = previous / rel, staging / rel
-        try:
-            if old.is_file() and old.stat().st_size == new.stat().st_size and old.read_bytes() == new.read_bytes():
-                st = old.stat()
-                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
-        except OSError:
-            continue
 
 
 def hil_buffers(inputs: list[dict], outputs: list[dict]) -> dict[str, int]:
@@ -295,9 +281,6 @@ def preserved_tensor_bytes(model: TFLiteModel) -> int:
         if not t.is_constant:
             total += round_arena(int(np.prod(t.shape or (1,))) * np.dtype(_NP.get(t.dtype, t.dtype)).itemsize)
     return total
-
-
-_INTERPRETER = "the TFLM Python interpreter"
 
 
 def _recorded_boards(out_dir: Path, sha256: str) -> dict[str, dict[str, Any]]:
@@ -459,7 +442,7 @@ def _firmware_job(job: Job) -> FirmwareResult:
     # the check stage's binary search, when it ran on this model in this job: not run twice
     arena = (checked.get("tflm") or {}).get("arena_bytes") if checked.get("model") == str(job.model) else None
     return generate_firmware(job.model, out=job.request.firmware_out,
-                             smallest_arena=(arena, "the TFLM Python interpreter") if arena else None,
+                             smallest_arena=(arena, _INTERPRETER) if arena else None,
                              check_fit=not job.request.firmware_build, **firmware_options(job))
 
 

@@ -210,14 +210,14 @@ def library(tree: TflmTree, board: Board | None, sources: list[str], *, project:
         write_text_atomic(where / "tflm.cmake", env.get_template("firmware/cmake/tflm.cmake.j2").render(**context))
         unpaired = where / "kernels-unpaired"  # a kernel and its _common.cc failed as one unit here
         configure = ["cmake", "-S", str(where), "-B", str(where / "build"), f"-DTFLM_TREE={tree.path}",
-                     f"-DCMAKE_BUILD_TYPE={build_type}", *_library_generator(), *_launcher(),
-                     f"-DTFLM_PAIR_KERNELS={'OFF' if unpaired.exists() else 'ON'}"]
+                     f"-DCMAKE_BUILD_TYPE={build_type}", *_library_generator(), *_launcher()]
         if board:
             write_text_atomic(where / "arm-none-eabi.cmake",
                               env.get_template("firmware/cmake/arm-none-eabi.cmake.j2").render(**context))
             configure.append(f"-DCMAKE_TOOLCHAIN_FILE={where / 'arm-none-eabi.cmake'}")
         write_text_atomic(where / "sources.txt", "\n".join(sorted(wanted)) + "\n")
-        _run(configure, what="configuring the TFLM library", project=project)
+        pairs = f"-DTFLM_PAIR_KERNELS={'OFF' if unpaired.exists() else 'ON'}"
+        _run(configure + [pairs], what="configuring the TFLM library", project=project)
         build_cmd = ["cmake", "--build", str(where / "build"), _jobs()]
         try:
             proc = _run(build_cmd, what="building the TFLM library", project=project)
@@ -226,7 +226,7 @@ def library(tree: TflmTree, board: Board | None, sources: list[str], *, project:
                 raise
             # another tree's kernel and _common.cc may clash as one unit: build them apart, and
             # remember it for this library
-            _run(configure[:-1] + ["-DTFLM_PAIR_KERNELS=OFF"], what="configuring the TFLM library", project=project)
+            _run(configure + ["-DTFLM_PAIR_KERNELS=OFF"], what="configuring the TFLM library", project=project)
             proc = _run(build_cmd, what="building the TFLM library", project=project)
             write_text_atomic(unpaired, "TFLM_PAIR_KERNELS=OFF: a kernel and its _common.cc failed to compile "
                                         "as one unit with this tree\n")
