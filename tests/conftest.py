@@ -17,6 +17,58 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as pipeline.runtime.tf sets it
 
 
+def pytest_configure(config):
+    """One converter server for the run (the master's, inherited by the xdist workers and every
+    `invoke` they start): each quantize forks a converter from it instead of importing
+    TensorFlow again, about 7 s of CPU each. Unless the caller chose a server already."""
+    from pipeline.runtime import converter_server
+
+    if hasattr(config, "workerinput") or os.environ.get(converter_server.ENV_VAR):
+        return
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="edge-deploy-converter-"))
+    os.environ[converter_server.ENV_VAR] = str(folder / "server.sock")
+    os.environ.setdefault(converter_server.IDLE_VAR, "300")
+    config.stash[_CONVERTER_FOLDER] = folder
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    from pipeline.runtime import converter_server
+
+    folder = config.stash.get(_CONVERTER_FOLDER, None)
+    if folder is not None:
+        converter_server.stop(str(folder / "server.sock"))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_CONVERTER_FOLDER = pytest.StashKey[Path]()
+
+# Test files that take minutes (CPU seconds on 2 cores, measured), longest first: the two
+# workers take whole files (xdist groups: a module's fixtures are made once) in this order, and
+# the short ones fill in at the end, so neither worker is left with a long file at the end.
+LONGEST_FIRST = ("test_zoo.py", "test_firmware_build.py", "test_reliability.py", "test_readme.py",
+                 "test_quantize.py", "test_diagnose.py", "test_firmware.py", "test_tasks.py", "test_deploy.py",
+                 "test_hil_tensors.py", "test_compile.py", "test_converter_server.py", "test_hil.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
+def pytest_collection_modifyitems(config, items):
+    """Each test is in its file's xdist group unless it names its own (a preset's firmware
+    build with a TFLM library of its own: the presets spread over both workers)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def rank(item) -> int:
+        name = Path(item.nodeid.split("::")[0]).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file stays
+
+
 def coral_model(name: str) -> Path:
     path = CORAL_MODELS / name
     if not path.is_file():

@@ -447,6 +447,7 @@ def test_ctrl_c_kills_the_converter_and_leaves_nothing(lstm_files, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp), "EDGE_DEPLOY_TEST_MARK": mark}
+    env.pop("EDGE_DEPLOY_CONVERTER_SERVER", None)  # a converter of its own (tests/test_converter_server.py: the server's)
     proc = subprocess.Popen(invoke_cmd() + ["-r", str(ROOT), "quantize", "--model", "lstm.keras", "--data",
                                             "cal.npy", "--out", str(tmp_path / "out")],
                             cwd=lstm_files, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -97,11 +97,15 @@ def _identity(env: dict[str, str]) -> dict[str, str]:
 class _Worker:
     """One converter process, reused for the next conversion when it ended its job cleanly (a
     TensorFlow import costs seconds; a test session or a Python caller converts many models).
-    A crash, an interrupt or an error in this process discards it."""
+    A crash, an interrupt or an error in this process discards it. With
+    $EDGE_DEPLOY_CONVERTER_SERVER set, the process is forked by the converter server (which has
+    TensorFlow imported already: see `converter_server`), else started here."""
 
     def __init__(self, env: dict[str, str]):
+        from .converter_server import connect
+
         self.env = env
-        self.proc = subprocess.Popen(
+        self.proc = connect(env) or subprocess.Popen(
             [sys.executable, "-m", "pipeline.runtime.convert"], cwd=PROJECT_DIR, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
         self.workdir: Path | None = None
@@ -131,6 +135,8 @@ class _Worker:
                 stream.close()
             except (OSError, BrokenPipeError):
                 pass
+        if hasattr(self.proc, "close"):  # a child of the converter server: its socket
+            self.proc.close()
 
     def stderr_text(self) -> str:
         try:
