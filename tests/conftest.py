@@ -47,26 +47,39 @@ def pytest_unconfigure(config):
 _CONVERTER_FOLDER = pytest.StashKey[Path]()
 
 # Test files that take minutes (CPU seconds on 2 cores, measured), longest first: the two
-# workers take whole files (xdist groups: a module's fixtures are made once) in this order, and
-# the short ones fill in at the end, so neither worker is left with a long file at the end.
+# workers take whole files in this order (a module's fixtures are made once), and the short ones
+# fill in at the end, so neither worker is left with a long file at the end.
 LONGEST_FIRST = ("test_zoo.py", "test_firmware_build.py", "test_reliability.py", "test_readme.py",
                  "test_quantize.py", "test_diagnose.py", "test_firmware.py", "test_tasks.py", "test_deploy.py",
                  "test_hil_tensors.py", "test_compile.py", "test_converter_server.py", "test_hil.py")
+# Tests whose parameters are each a unit of their own for the workers: every preset's firmware
+# build compiles a TFLM library for its flags (a minute of CPU), so the presets spread over both.
+SPREAD_PARAMETERS = ("tests/test_firmware_build.py::test_invoke_firmware_build_with_relative_paths_for_every_preset",)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
 def pytest_collection_modifyitems(config, items):
-    """Each test is in its file's xdist group unless it names its own (a preset's firmware
-    build with a TFLM library of its own: the presets spread over both workers)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
     def rank(item) -> int:
         name = Path(item.nodeid.split("::")[0]).name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a file stays
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` in the collection order above, with SPREAD_PARAMETERS apart. (xdist's
+    `loadgroup` cannot do it with pytest 9: it renames `item._nodeid`, which pytest 9 no longer
+    reads, so every test became a unit of its own.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesLongestFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            test = nodeid.split("[")[0]
+            return nodeid if test in SPREAD_PARAMETERS else nodeid.split("::")[0]
+
+    config.option.loadscopereorder = False
+    return FilesLongestFirst(config, log)
 
 
 def coral_model(name: str) -> Path:

@@ -140,3 +140,11 @@ def _cmdline(pid: str) -> str:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def test_a_server_that_cannot_start_is_a_warning_and_the_run_converts_without_it(models, tmp_path, monkeypatch):
+    monkeypatch.setenv(converter_server.ENV_VAR, str(tmp_path / "no-such-folder" / "conv.sock"))
+    run = quantize(models, tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    assert "no converter server at" in run.stderr and "converting without it" in run.stderr
+    assert (tmp_path / "out" / "small" / "model_int8.tflite").is_file()

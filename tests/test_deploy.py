@@ -280,3 +280,20 @@ def test_a_model_too_big_for_the_board_ends_with_the_summary_and_the_report(tmp_
     assert report["deploy"]["stages"]["firmware"]["status"] == "failed"
     assert any("does not fit" in r for r in report["deploy"]["reasons"])
     assert "**NOT deployable** to tflm." in (tmp_path / "build" / "big" / "report.md").read_text()
+
+
+def test_a_single_stage_task_loads_only_its_own_stage(demo_int8):
+    """The registry imports a stage's module on first use: `invoke check` does not pay for the
+    firmware, verify, diagnose, compile and HIL stages' imports at every start."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(' '.join(sorted(m for m in sys.modules if m.startswith('pipeline.stages.'))),"
+            " file=sys.__stderr__))\n"
+            "sys.argv = ['invoke', '-r', sys.argv[1], 'check', '--model', sys.argv[2]]\n"
+            "from invoke.main import program\n"
+            "program.run()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(demo_int8.quantized_model)], cwd=ROOT,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stderr.strip().splitlines()[-1].split())
+    assert "pipeline.stages.check" in loaded
+    assert not loaded & {f"pipeline.stages.{s}" for s in ("firmware", "verify", "diagnose", "compile", "hil")}, loaded

@@ -33,13 +33,7 @@ def _preset_param(key: str):
     (minutes on 2 cores): marked `firmware_all`, run with `-m firmware_all` (or `-m ""`)."""
     b = boards()[key]
     own_library = not b.qemu_machine and b.cpu != "xtensa-lx7" and b.arm_flags() not in _QEMU_FLAGS
-    if own_library:
-        return pytest.param(key, marks=pytest.mark.firmware_all)
-    if b.qemu_machine and b.arm_flags() != boards()["qemu-mps2-an386"].arm_flags():
-        # a TFLM library of its own, a minute of CPU: its own xdist group, so the presets spread
-        # over both workers
-        return pytest.param(key, marks=pytest.mark.xdist_group(f"firmware-preset-{key}"))
-    return key
+    return pytest.param(key, marks=pytest.mark.firmware_all) if own_library else key
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from .. import PROJECT_DIR
@@ -143,6 +142,7 @@ def connect(env: dict[str, str]) -> RemoteChild | None:
     hello = json.dumps({"identity": identity(env, code_digest()), "env": env, "cwd": os.getcwd(),
                         "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]})
     started: subprocess.Popen | None = None
+    tried = False
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -154,12 +154,12 @@ def connect(env: dict[str, str]) -> RemoteChild | None:
             answer = json.loads(reader.readline() or "{}")
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            if started is None and not _starting(path):
-                started = _start(path, env)
-            elif started is not None and started.poll() is not None and not _starting(path):
-                return None  # it could not start (its log says why)
+            if not tried and not _starting(path):
+                tried, started = True, _start(path, env)
+            elif (started is None or started.poll() is not None) and not _starting(path):
+                return _not_started(path)
             if time.monotonic() > deadline:
-                return None
+                return _not_started(path)
             time.sleep(0.1)
             continue
         except (OSError, ValueError):
@@ -170,6 +170,14 @@ def connect(env: dict[str, str]) -> RemoteChild | None:
             return None
         sock.settimeout(None)
         return RemoteChild(sock, int(answer["pid"]), reader)
+
+
+def _not_started(path: str) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning("no converter server at %s (%s is set; its log: %s.log): converting "
+                                        "without it", path, ENV_VAR, path)
+    return None
 
 
 def _lock_path(path: str) -> str:
