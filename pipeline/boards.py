@@ -164,8 +164,12 @@ def get_board(board: str | Board) -> Board:
         return board
     known = boards()
     if board not in known:
+        import difflib
+
+        close = difflib.get_close_matches(str(board).lower(), list(known), n=1, cutoff=0.6)
+        guess = f"did you mean '{close[0]}'? Else " if close else ""
         raise PipelineError(f"unknown board '{board}'", field="--board",
-                            fix=f"use one of: {', '.join(known)} (`invoke boards` lists them), "
+                            fix=f"{guess}use one of: {', '.join(known)} (`invoke boards` lists them), "
                                 "or describe yours in a TOML file and pass --board-file")
     return known[board]
 

@@ -137,3 +137,14 @@ def test_invoke_with_a_board_file_and_with_a_wrong_one(tmp_path, demo_int8):
                               cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert f"{bad}: cpu: unknown cpu 'cortex-m9'" in proc.stderr and "cortex-m4" in proc.stderr
+
+
+def test_an_unknown_board_close_to_a_preset_is_answered_with_it():
+    from pipeline.boards import get_board
+
+    with pytest.raises(PipelineError, match="unknown board 'arduino-nano'") as info:
+        get_board("arduino-nano")
+    assert info.value.fix.startswith("did you mean 'arduino-nano-33-ble-sense'?")
+    with pytest.raises(PipelineError) as far:
+        get_board("uno")
+    assert "did you mean" not in far.value.fix and "qemu-mps2-an386" in far.value.fix

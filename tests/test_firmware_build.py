@@ -177,7 +177,9 @@ def test_hil_over_a_pty_and_over_qemus_uart(built, demo_model, tflm_tree):
     board = boards()["qemu-mps2-an386"]
     hil_dir = demo_model.parent / "fw-hil"
     with_server = build_and_run(built.output_dir, tflm_tree, hil_dir, cross=board, hil_server=True)
-    assert with_server["built"]
+    # its self-test ran to the end: the firmware then serves (it never exits), so the run stops there
+    assert with_server["built"] and with_server["passed"] and with_server["selftest"] == "SELFTEST PASS 4/4", \
+        with_server.get("output")
     qemu, port = start_qemu_uart(hil_dir / "selftest.elf", board.qemu_machine)
     try:
         hil = run_hil(demo_model, port, timeout=20)

@@ -1457,24 +1457,34 @@ subprocess.run = run
 #    (before the converter moved there, this case is the one where the KeyboardInterrupt landed
 #    in a finalizer during the converter's garbage collection and was "ignored").
 _CONVERT_HOOK = """
-import os, signal, subprocess, threading
-_real_init = subprocess.Popen.__init__
-def _init(self, args, *a, **k):
-    _real_init(self, args, *a, **k)
-    if any("pipeline.runtime.convert" in str(x) for x in args):
-        delay = {delay!r}
-        interrupt = lambda: os.killpg(os.getpgid(0), signal.SIGINT)
-        interrupt() if delay == 0 else threading.Timer(delay, interrupt).start()
-subprocess.Popen.__init__ = _init
+import os, signal
+import pipeline.runtime.convert as convert
+interrupt = lambda: os.killpg(os.getpgid(0), signal.SIGINT)
+if {when!r} == "start":  # the converter process was just started (or forked by the converter server)
+    _real_init = convert._Worker.__init__
+    def _init(self, *a, **k):
+        _real_init(self, *a, **k)
+        interrupt()
+    convert._Worker.__init__ = _init
+else:  # the model is loaded: the converter is at work
+    _real_event = convert._Worker.event
+    def _event(self):
+        event = _real_event(self)
+        if event and event.get("event") == "loaded":
+            interrupt()
+        return event
+    convert._Worker.event = _event
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0, 4], ids=["as-the-converter-starts", "while-it-converts"])
-def test_interrupt_ctrl_c_during_the_tf_conversion(box, deployed, delay):
+@pytest.mark.parametrize("when", ["start", "loaded"], ids=["as-the-converter-starts", "while-it-converts"])
+@pytest.mark.parametrize("server", [True, False], ids=["converter-server", "own-converter"])
+def test_interrupt_ctrl_c_during_the_tf_conversion(box, deployed, when, server):
     out = box.root / "out"
     shutil.copytree(deployed / ".cache", out / ".cache")
-    run = box.run("quantize", "--out", out, hook=_CONVERT_HOOK.format(delay=delay), timeout=600)
+    env = None if server else {"EDGE_DEPLOY_CONVERTER_SERVER": ""}
+    run = box.run("quantize", "--out", out, hook=_CONVERT_HOOK.format(when=when), timeout=600, env=env)
     assert not (out / "demo" / "model_int8.tflite").exists(), f"Ctrl-C was swallowed: the run went on\n  {run.describe()}"
     assert_clean_failure(run, (130,))
     assert not litter(out) and not box.tmp_litter(), f"litter: {litter(out)} {box.tmp_litter()}"

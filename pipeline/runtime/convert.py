@@ -440,6 +440,7 @@ def _child_main() -> int:
         if not line.startswith("{"):
             continue  # a "stop" that arrived after its job ended
         workdir = Path(json.loads(line)["job"])
+        _temporary_files_in(workdir / "tmp")
         with open(workdir / STDERR, "wb") as err:  # this job's diagnostics, read on failure
             os.dup2(err.fileno(), 2)
             os.dup2(err.fileno(), 1)  # anything printed lands there too, not in the event stream
@@ -448,6 +449,17 @@ def _child_main() -> int:
             tf = import_tensorflow()
         _job(tf, workdir, lambda **event: events.write(json.dumps(event) + "\n"))
         _forget(tf)
+
+
+def _temporary_files_in(folder: Path) -> None:
+    """TensorFlow's temporary files (autograph's generated modules, the converter's) go into the
+    job's folder, which the parent removes: a converter killed mid-job (Ctrl-C) leaves nothing in
+    the user's TMPDIR."""
+    import tempfile
+
+    folder.mkdir(exist_ok=True)
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
 
 
 def _forget(tf) -> None:

@@ -158,6 +158,7 @@ class FirmwareResult:
     board_key: str = ""
     board: dict[str, Any] | None = None
     builds: dict[str, Any] = field(default_factory=dict)
+    golden: Any = field(default=None, repr=False, compare=False)  # the GoldenVectors rendered (not in JSON)
 
     def to_json(self) -> dict[str, Any]:
         return {"output_dir": self.output_dir.name, "files": self.files, "arena_bytes": self.arena_bytes,
@@ -172,7 +173,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
                       smallest_arena: tuple[int, str] | None = None,
                       arena: ArenaFigures | None = None, check_fit: bool = True,
                       labels: list[str] | None = None, tensorflow_version: str | None = None,
-                      input_order: list[str] | None = None) -> FirmwareResult:
+                      input_order: list[str] | None = None, golden=None) -> FirmwareResult:
     """`arena`: figures a build just measured (firmware_build); `smallest_arena`: (bytes, where
     measured) when a caller measured it in the TFLM Python interpreter (the check stage).
     Otherwise a measurement recorded in the output folder for this model and board is kept
@@ -181,7 +182,9 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
     in the arena too). Either way the golden outputs come from the TFLM interpreter.
     `check_fit=False` (a build follows, whose linked image decides) records the estimate
     without refusing a model it says is too big. `labels` and `tensorflow_version` come from
-    the quantize stage, when it made the model."""
+    the quantize stage, when it made the model. `golden`: the vectors an earlier generation of
+    this model with the same options made (a --build renders the project again with the measured
+    arena): the TFLM interpreter is not run again for them."""
     board_preset = get_board(board or DEFAULT_BOARD)
     model = read_model(model_path)
     refuse_float_model(model)
@@ -201,7 +204,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         measured, source = smallest_arena or (tflm.arena_bytes, _INTERPRETER)
         arena = ArenaFigures(measured, source, measured, source)
     inputs, outputs = io_specs(model)
-    golden = golden_vectors(model, model_path, vectors, data, input_order=input_order)
+    golden = golden or golden_vectors(model, model_path, vectors, data, input_order=input_order)
     hil = hil_buffers(inputs, outputs)
     preserved = preserved_tensor_bytes(model)
     context = {
@@ -237,7 +240,7 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         result = FirmwareResult(output_dir=out_dir, files=files, arena_bytes=arena.board_bytes,
                                 arena_measured=arena.board_measured, arena_source=arena.board_source,
                                 resolver_methods=list(tflm.resolver_methods), vectors=len(golden), arena=arena,
-                                board_key=board_preset.key)
+                                board_key=board_preset.key, golden=golden)
         if board:
             io = sum(t["bytes"] for t in inputs) + sum(t["elements"] * t["itemsize"] for t in outputs)
             result.board = board_fit(board_preset, model_bytes=len(raw), arena_bytes=arena.board_bytes, io_bytes=io)

@@ -300,15 +300,13 @@ def run_selftest(build_dir: Path, board: Board | None, args: tuple[str, ...] = (
         cmd = qemu_command(board, build_dir / "selftest.elf", args)
     else:
         cmd = [str(build_dir / "selftest"), *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+    output, code = _run_until_served(cmd, RUN_TIMEOUT_S)
+    if code is None:
         return {"ran": True, "passed": False, "selftest": None, "exit_code": None,
                 "output": [f"did not finish within {RUN_TIMEOUT_S} s"]}
-    output = proc.stdout + proc.stderr
     m = _SELFTEST_LINE.search(output)
-    result: dict[str, Any] = {"ran": True, "exit_code": proc.returncode, "selftest": m.group(0).strip() if m else None,
-                              "passed": bool(m and m.group(1) == "PASS" and proc.returncode == 0),
+    result: dict[str, Any] = {"ran": True, "exit_code": code, "selftest": m.group(0).strip() if m else None,
+                              "passed": bool(m and m.group(1) == "PASS" and code == 0),
                               "output": output.strip().splitlines()[-12:]}
     used = _ARENA_LINE.search(output)
     result["arena_used_bytes"] = int(used.group(1)) if used else None
@@ -322,6 +320,42 @@ def run_selftest(build_dir: Path, board: Board | None, args: tuple[str, ...] = (
     result["max_difference"] = max((d for d in diffs if d is not None), default=None)
     result["timing"] = _timing(board, unit, times)
     return result
+
+
+_SERVING = "HIL: serving"  # a HIL-server build's line after its self-test: it then serves until reset
+
+
+def _run_until_served(cmd: list[str], timeout: float) -> tuple[str, int | None]:
+    """Run the self-test to its end: the exit, or for a build with the HIL server the line that
+    says it now serves (it never exits: stopped there, it counts as exit 0). Returns the output
+    (stdout and stderr) and the exit code, None after `timeout` seconds."""
+    import threading
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace")
+    lines: list[str] = []
+    finished = threading.Event()
+    serving = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(_SERVING):
+                serving.set()
+                break
+        finished.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    finished.wait(timeout)
+    if serving.is_set() or not finished.is_set():
+        proc.kill()
+    code = proc.wait()
+    reader.join(5)
+    proc.stdout.close()
+    if serving.is_set():
+        return "".join(lines), 0
+    return "".join(lines), code if finished.is_set() else None
 
 
 def _timing(board: Board | None, unit: str | None, values: list[int]) -> dict[str, Any]:
@@ -436,7 +470,7 @@ def _cross_build_and_measure(model_path: Path, result, tree: TflmTree, project: 
                            else "qemu-system-arm not installed")
         if runner is not None:
             other = project.parent / f"fw-measure-{runner.key}"
-            generate_firmware(model_path, out=other / "firmware", board=runner,
+            generate_firmware(model_path, out=other / "firmware", board=runner, golden=result.golden,
                               smallest_arena=(result.arena_measured, result.arena_source), **generate_options)
             measured = _measure(other / "firmware", tree, other / "build", runner, result.arena_bytes, search=True)
             measured["kind"] = f"measure:{runner.key}"
@@ -523,7 +557,7 @@ def build_and_verify(model_path: Path, result, tree: TflmTree | str | Path, *, b
         changed = (round_arena(figures.host_measured) + ARENA_MARGIN_BYTES != upper
                    or figures.board_bytes != result.arena_bytes)
         result = generate_firmware(model_path, out=project, board=board, arena=figures, check_fit=False,
-                                   **generate_options)
+                                   golden=result.golden, **generate_options)
         if changed:  # only arena.cc recompiles: rebuild and rerun both with the figures written down,
             # side by side like the first builds
             with ThreadPoolExecutor(max_workers=1) as pool:
