@@ -65,6 +65,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the order inside a file stays
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` runs without it
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile` in the collection order above, with SPREAD_PARAMETERS apart. (xdist's
     `loadgroup` cannot do it with pytest 9: it renames `item._nodeid`, which pytest 9 no longer

@@ -204,7 +204,8 @@ def generate_firmware(model_path: Path, *, out: Path | None = None, board: str |
         measured, source = smallest_arena or (tflm.arena_bytes, _INTERPRETER)
         arena = ArenaFigures(measured, source, measured, source)
     inputs, outputs = io_specs(model)
-    golden = golden or golden_vectors(model, model_path, vectors, data, input_order=input_order)
+    if golden is None:
+        golden = golden_vectors(model, model_path, vectors, data, input_order=input_order)
     hil = hil_buffers(inputs, outputs)
     preserved = preserved_tensor_bytes(model)
     context = {
