@@ -1434,14 +1434,21 @@ def test_interrupt_during_compile_leaves_the_compiler_running(box, compiler):
 
 
 def test_interrupt_during_check_interpreter_run(box):
-    """Ctrl-C to the foreground process group while the TFLM arena search runs."""
+    """Ctrl-C to the foreground process group while the TFLM arena search runs. The probe
+    process waits 30 s before it starts (a fast machine finishes the search in less than the
+    0.3 s before the key press), so the key always lands while the tool waits on it; the timer
+    is a daemon thread, which must not keep a finished run alive."""
     model = int8_model(box.root / "m")
     hook = """
-import subprocess, os, signal, threading
+import subprocess, os, signal, sys, threading
 _real = subprocess.run
+_LATER = "import subprocess, sys, time; time.sleep(30); sys.exit(subprocess.call(sys.argv[1:]))"
 def run(cmd, *a, **k):
     if any("tflm_probe" in str(x) for x in cmd):
-        threading.Timer(0.3, os.killpg, (os.getpgid(0), signal.SIGINT)).start()
+        press = threading.Timer(0.3, os.killpg, (os.getpgid(0), signal.SIGINT))
+        press.daemon = True
+        press.start()
+        cmd = [sys.executable, "-c", _LATER, *cmd]
     return _real(cmd, *a, **k)
 subprocess.run = run
 """
