@@ -337,8 +337,8 @@ def compile(c, model=None, compiler=None, timeout=None, require=False, min_runti
     options = CompileOptions(intermediate_tensors=intermediate_tensors,
                              enable_multiple_subgraphs=enable_multiple_subgraphs,
                              search_delegate=search_delegate, **ints)
-    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
     wall = _float_option(timeout, "--timeout", DEFAULT_WALL_TIMEOUT_S)
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", out)))
     request = DeployRequest(compiler=compiler, compile_options=options, compile_timeout_s=wall,
                             require_compiler=require)
     result = _run(run_stage, "compile", job_for_model(path, request))
@@ -372,7 +372,7 @@ def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None,
     from pipeline.stages.firmware import DEFAULT_VECTORS, build_and_verify, firmware_options, tflm_tree_path
 
     _setup_logging(False)
-    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
+    # every option first: a wrong one is refused before the demo would be quantized
     chosen = _board(c, board, board_file)
     tree = _run(tflm_tree_path, _path(tflm_tree) if tflm_tree else None) if build else None
     if build and tree is None:
@@ -381,6 +381,7 @@ def firmware(c, model=None, board=None, board_file=None, out=None, vectors=None,
     request = DeployRequest(board=chosen, firmware_out=_path(out) if out else None, tolerance=tolerance, data=data,
                             vectors=_int_option(vectors, "--vectors") if vectors is not None else DEFAULT_VECTORS,
                             firmware_build=build)  # with --build, the linked image decides the fit
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     job = job_for_model(path, request, borrow=("quantize",))
     result = _run(run_stage, "firmware", job)
     print(f"firmware: {result.output_dir} ({len(result.files)} files)")
@@ -502,12 +503,12 @@ def diagnose(c, model=None, data=None, samples=None, keras_model=None, int16=Non
                               int16_model=_path(int16) if int16 else None, recommend=recommend, runtimes=pair,
                               tolerance_lsb=_float_option(max_lsb, "--max-lsb", 0.0),
                               calibration_data=calibration_data)
+    baud = _int_option(baud, "--baud") if baud is not None else 115200
+    hil_timeout_s = _float_option(timeout, "--timeout", 5.0)
     path = _run(resolve_model, model, root)
     request = DeployRequest(model="demo" if model == "demo" else str(path), data=data, out=root,
                             keras_model=_keras_model(model, keras_model, root), diagnose=True,
-                            diagnose_options=options, port=port,
-                            baud=_int_option(baud, "--baud") if baud is not None else 115200,
-                            hil_timeout_s=_float_option(timeout, "--timeout", 5.0))
+                            diagnose_options=options, port=port, baud=baud, hil_timeout_s=hil_timeout_s)
     result = _run(run_stage, "diagnose", job_for_model(path, request, borrow=("quantize",)))
     section = result.to_json()
     if json:
@@ -540,12 +541,12 @@ def hil(c, port, baud=None, model=None, data=None, vectors=None, tolerance=None,
     from pipeline.deploy import DeployRequest, job_for_model, resolve_model, run_stage
 
     _setup_logging(False)
-    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     request = DeployRequest(port=port, baud=_int_option(baud, "--baud") if baud is not None else 115200, data=data,
                             vectors=_int_option(vectors, "--vectors") if vectors is not None else 4,
                             tolerance=_int_option(tolerance, "--tolerance") if tolerance is not None else 0,
                             hil_timeout_s=_float_option(timeout, "--timeout", 5.0),
                             hil_retries=_int_option(retries, "--retries") if retries is not None else 2)
+    path = _run(resolve_model, _setting(c, "model", model), _path(_setting(c, "out", None)))
     result = _run(run_stage, "hil", job_for_model(path, request))
     if json:
         print(json_module.dumps(result.to_json()))
@@ -576,6 +577,7 @@ def emulate(c, model=None, fault=None, op=None, tensors=True):
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     model = _setting(c, "model", model)
+    fault_op = _int_option(op, "--op") if op is not None else None
     if model == "demo":  # the stage registry is imported only when the demo may need quantizing
         from pipeline.deploy import resolve_model
 
@@ -583,7 +585,7 @@ def emulate(c, model=None, fault=None, op=None, tensors=True):
     else:
         path = _path(model)
     emulator = _run(Emulator, path, fault=fault, tensors=tensors,
-                    fault_op=_int_option(op, "--op") if op is not None else None)
+                    fault_op=fault_op)
     print(emulator.port, flush=True)  # the first line: rigs read the port path from it
     try:
         emulator.serve(stop=lambda: bool(stopping))

@@ -203,7 +203,11 @@ def resolve_board(board: str | None, board_file: str | Path | None) -> str | Boa
     if board and board_file:
         raise PipelineError("both --board and --board-file given", field="--board-file",
                             fix="use --board for a preset or --board-file for your own board, not both")
-    return load_board_file(board_file) if board_file else board
+    if board_file:
+        return load_board_file(board_file)
+    if board:
+        get_board(board)  # an unknown preset is refused now, before any work
+    return board
 
 
 def measuring_board(board: Board) -> Board | None:

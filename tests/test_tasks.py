@@ -172,3 +172,15 @@ def demo_arena(demo_int8) -> int:
     from pipeline.stages.check import check
 
     return check(demo_int8.quantized_model, target="tflm").tflm.arena_bytes
+
+
+@pytest.mark.parametrize("task, option", [("firmware", ("--board", "arduino-nano")), ("firmware", ("--vectors", "0")),
+                                          ("compile", ("--timeout", "-1")), ("hil", ("--port", "/dev/null", "--baud", "x")),
+                                          ("emulate", ("--op", "x"))])
+def test_a_wrong_option_is_refused_before_the_demo_is_quantized(tmp_path, task, option):
+    """With no model yet, a task on the demo quantizes it first (a minute): an option that is
+    wrong anyway must not cost that minute, nor leave a build/ folder behind."""
+    proc = run_invoke("-r", str(ROOT), task, *option, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:"), proc.stderr
+    assert not (tmp_path / "build").exists(), "the demo was quantized before the option was checked"

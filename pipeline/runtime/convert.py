@@ -84,7 +84,10 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-_CHILD_VARIABLES = ("PYTHON", "TF_", "KERAS_", "CUDA_", "EDGE_DEPLOY_")
+# variables read when Python, TensorFlow or Keras start (a running process cannot change them),
+# and those the pipeline reads in the converter
+IMPORT_TIME_VARIABLES = ("PYTHON", "TF_", "KERAS_", "CUDA_")
+_CHILD_VARIABLES = IMPORT_TIME_VARIABLES + ("EDGE_DEPLOY_",)
 
 
 def _identity(env: dict[str, str]) -> dict[str, str]:
@@ -130,13 +133,14 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        if hasattr(self.proc, "close"):  # a child of the converter server: its socket and streams
+            self.proc.close()
+            return
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
             except (OSError, BrokenPipeError):
                 pass
-        if hasattr(self.proc, "close"):  # a child of the converter server: its socket
-            self.proc.close()
 
     def stderr_text(self) -> str:
         try:

@@ -29,6 +29,7 @@ client that hangs up gets its child killed.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -48,8 +49,6 @@ _DEFAULT_IDLE_S = 600.0
 _START_TIMEOUT_S = 180.0  # a TensorFlow import on a loaded 2-core machine
 _HELLO_TIMEOUT_S = 30.0
 _EXITED = "#exited "
-# variables read when Python, TensorFlow or Keras start: a forked child cannot change them
-_IMPORT_TIME_VARIABLES = ("PYTHON", "TF_", "KERAS_", "CUDA_")
 _PER_JOB_VARIABLES = ("PYTHONPATH",)  # applied in each child (sys.path)
 
 
@@ -63,8 +62,20 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _own_code_digest() -> str:
+    """This client's code, once per process: what runs here does not change while it runs (the
+    server, which outlives edits, checks its own with `code_digest` at each refusal)."""
+    return code_digest()
+
+
 def identity(env: dict[str, str], code: str) -> dict[str, str]:
-    fixed = {k: v for k, v in env.items() if k.startswith(_IMPORT_TIME_VARIABLES) and k not in _PER_JOB_VARIABLES}
+    """A converter process's identity (`convert._identity`) less what a forked child applies
+    itself: the import-time variables, the code it runs."""
+    from .convert import IMPORT_TIME_VARIABLES, _identity
+
+    fixed = {k: v for k, v in _identity(env).items()
+             if k.startswith(IMPORT_TIME_VARIABLES) and k not in _PER_JOB_VARIABLES}
     return {**fixed, "code": code}
 
 
@@ -139,7 +150,7 @@ def connect(env: dict[str, str]) -> RemoteChild | None:
     path = os.environ.get(ENV_VAR)
     if not path:
         return None
-    hello = json.dumps({"identity": identity(env, code_digest()), "env": env, "cwd": os.getcwd(),
+    hello = json.dumps({"identity": identity(env, _own_code_digest()), "env": env, "cwd": os.getcwd(),
                         "path": [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]})
     started: subprocess.Popen | None = None
     tried = False

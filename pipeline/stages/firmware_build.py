@@ -28,6 +28,7 @@ from ..user_cache import cache_root, locked
 from ..boards import Board, get_board, linked_fit, measuring_board
 from ..errors import PipelineError
 from ..fileio import write_text_atomic
+from ..runtime.process import ToolFlood, ToolTimeout, run_tool
 from ..templating import TEMPLATE_DIR, environment
 
 log = logging.getLogger(__name__)
@@ -300,10 +301,11 @@ def run_selftest(build_dir: Path, board: Board | None, args: tuple[str, ...] = (
         cmd = qemu_command(board, build_dir / "selftest.elf", args)
     else:
         cmd = [str(build_dir / "selftest"), *args]
-    output, code = _run_until_served(cmd, RUN_TIMEOUT_S)
-    if code is None:
-        return {"ran": True, "passed": False, "selftest": None, "exit_code": None,
-                "output": [f"did not finish within {RUN_TIMEOUT_S} s"]}
+    try:  # to its exit, or (a build with the HIL server never exits) to the line saying it serves
+        output, code = run_tool(cmd, RUN_TIMEOUT_S, stop_at=_SERVING)
+    except (ToolTimeout, ToolFlood) as e:
+        why = f"did not finish within {RUN_TIMEOUT_S} s" if isinstance(e, ToolTimeout) else "printed without end"
+        return {"ran": True, "passed": False, "selftest": None, "exit_code": None, "output": [why]}
     m = _SELFTEST_LINE.search(output)
     result: dict[str, Any] = {"ran": True, "exit_code": code, "selftest": m.group(0).strip() if m else None,
                               "passed": bool(m and m.group(1) == "PASS" and code == 0),
@@ -323,39 +325,6 @@ def run_selftest(build_dir: Path, board: Board | None, args: tuple[str, ...] = (
 
 
 _SERVING = "HIL: serving"  # a HIL-server build's line after its self-test: it then serves until reset
-
-
-def _run_until_served(cmd: list[str], timeout: float) -> tuple[str, int | None]:
-    """Run the self-test to its end: the exit, or for a build with the HIL server the line that
-    says it now serves (it never exits: stopped there, it counts as exit 0). Returns the output
-    (stdout and stderr) and the exit code, None after `timeout` seconds."""
-    import threading
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            text=True, errors="replace")
-    lines: list[str] = []
-    finished = threading.Event()
-    serving = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith(_SERVING):
-                serving.set()
-                break
-        finished.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    finished.wait(timeout)
-    if serving.is_set() or not finished.is_set():
-        proc.kill()
-    code = proc.wait()
-    reader.join(5)
-    proc.stdout.close()
-    if serving.is_set():
-        return "".join(lines), 0
-    return "".join(lines), code if finished.is_set() else None
 
 
 def _timing(board: Board | None, unit: str | None, values: list[int]) -> dict[str, Any]:
