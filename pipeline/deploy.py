@@ -80,13 +80,14 @@ def deploy(req: DeployRequest, on_stage: Callable[[StageRun], None] = lambda run
         except PipelineError as exc:
             if not is_pipeline_output(job.out_dir):
                 raise  # nothing of this run exists yet: nothing to report into
-            failure = exc
+            if not stage.explains_only:
+                failure = exc
             run = StageRun(stage.name, "failed", time.perf_counter() - start, exc.message)
         runs.append(run)
         on_stage(run)
         if failure:
             break
-        if run.status != "not applicable":
+        if run.status not in ("not applicable", "failed"):
             job.results[stage.name] = run.result
             sections[stage.name] = stage.section(run.result)
     reasons = [p for stage in REGISTRY.values() if stage.name in job.results

@@ -153,3 +153,19 @@ def build_outlier_model(path: Path, *, gain: float = 200.0, seed: int = 0) -> Pa
     probs.set_weights([w, b])
     model.save(path)
     return path
+
+
+def build_flat_softmax_model(path: Path, seed: int = 0) -> Path:
+    """A classifier whose logits barely vary (last kernel ~1e-9): its softmax input scale is
+    about 8e-9, on which the reference softmax of both TFLM and LiteRT aborts, as on an
+    untrained MobileNetV2; LiteRT's optimized softmax runs it."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8,), name="x"), layers.Dense(16, activation="relu", name="hidden"),
+                              layers.Dense(3, activation="softmax", name="probs",
+                                           kernel_initializer=keras.initializers.RandomNormal(stddev=1e-9))],
+                             name="flat_softmax")
+    model.save(path)
+    return path

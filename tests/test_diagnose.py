@@ -487,3 +487,24 @@ def test_accuracy_loss_in_deploy_measures_remedies_and_one_is_rerun(out_root, ru
     snr = 10 * np.log10(np.sum(f.astype(np.float64) ** 2) / np.sum((q - f).astype(np.float64) ** 2))
     assert int16["measured"]["accuracy"] == pytest.approx(float(np.mean(q.argmax(1) == evaluation.labels)), abs=1e-4)
     assert int16["measured"]["output_snr_db"] == pytest.approx(snr, abs=1e-3)
+
+
+def test_a_softmax_the_reference_kernels_abort_on_is_diagnosed_on_litert_in_deploy(tmp_path):
+    """TFLM and LiteRT's reference kernels both abort on the model (a true TFLM refusal): the
+    diagnosis measures the per-layer error on LiteRT's optimized kernels and says why; deploy
+    ends with its verdict (not deployable, exit 1), not with the abort as an error."""
+    from pipeline.deploy import DeployRequest, deploy
+
+    keras_path = diagnosis_models.build_flat_softmax_model(tmp_path / "flat.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(size=(48, 8)).astype(np.float32), y=rng.integers(0, 3, 48))
+    result = deploy(DeployRequest(model=str(keras_path), data=str(tmp_path / "cal.npz"), out=tmp_path / "build",
+                                  target="tflm"))
+    assert result.failure is None and not result.deployable
+    assert any("TFLM's softmax aborts" in r for r in result.reasons)
+    assert result.stage("diagnose").status == "ran"
+    g = json.loads((tmp_path / "build" / "flat" / "report.json").read_text())["diagnose"]
+    assert g["runtime"] == "litert" and "SIGABRT" in g["runtime_fallback"]
+    assert len(g["layers"]) == 3 and g["runtime_error"]  # measured; TFLM cannot be compared
+    report_md = (tmp_path / "build" / "flat" / "report.md").read_text()
+    assert "Measured on LiteRT's optimized kernels" in report_md

@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import struct
@@ -1317,6 +1318,27 @@ def test_models_small_model_with_large_activations_to_emulate(box):
     model = write(box.root / "m" / "model_int8.tflite", relu_model((1, 64, 64, 1)))
     run, served = run_emulator(box, model, timeout=10)
     assert served, f"the emulator cannot run a model `invoke check` passes\n  {run.describe()}"
+
+
+def test_models_a_diagnosis_that_cannot_run_leaves_deploys_verdict(box, deployed):
+    """Every runtime that captures tensors aborts (as both of LiteRT's kernel sets and TFLM can
+    on a model): diagnose only explains a verdict, so deploy's verdict and exit code stand and
+    the diagnose line and report.json say it failed."""
+    out = copy_build(deployed, box)
+    hook = """
+import subprocess, sys
+_real = subprocess.run
+def run(cmd, *a, **k):
+    if "pipeline.runtime.tensor_capture" in cmd:
+        cmd = [sys.executable, "-c", "import os; os.abort()"]
+    return _real(cmd, *a, **k)
+subprocess.run = run
+"""
+    run = box.run("deploy", "--out", out, "--diagnose", hook=hook, timeout=600)
+    assert_ok(run)
+    assert re.search(r"^diagnose\s+failed\s.*SIGABRT", run.stdout, re.M), run.describe()
+    deploy = json.loads((out / "demo" / "report.json").read_text())["deploy"]
+    assert deploy["deployable"] and deploy["stages"]["diagnose"]["status"] == "failed"
 
 
 # =============================================================================================

@@ -27,6 +27,12 @@ ARENA_MARGIN_BYTES = 16
 _MAX_RESTARTS = 64
 _PROBE_TIMEOUT_S = 300
 # uint8 appears in TFLM only in these kernels (or type-agnostic copies): tflm_ops.json source notes
+# Only a model quantized to uint8 throughout (TensorFlow 1's quantization-aware training, as in
+# Coral's older models) computes in uint8: the TF2 converter keeps --io-type uint8 at the edges
+# (a QUANTIZE each) and computes in int8, so the fix is a new conversion, not an I/O option.
+_NO_UINT8 = ("TFLM has no uint8 {op} kernel: this model computes in uint8 (TensorFlow 1 quantization); "
+             "quantize the float model again with `invoke quantize` (int8 inside; --io-type uint8 keeps "
+             "uint8 at its inputs and outputs)")
 _UINT8_OPS = {"QUANTIZE", "DEQUANTIZE", "REVERSE_V2", "RESHAPE", "SQUEEZE", "BROADCAST_TO", "SHAPE"}
 
 
@@ -119,7 +125,7 @@ def _verdict(model: TFLiteModel, op: Operator) -> TFLMOpVerdict:
     if dtype == "uint8":
         ok = op.op in _UINT8_OPS
         return TFLMOpVerdict(op.index, op.op, ok, method,
-                             "uint8 data" if ok else f"TFLM has no uint8 {op.op} kernel: quantize with --io-type int8")
+                             "uint8 data" if ok else _NO_UINT8.format(op=op.op))
     support = entry.get(dtype) if dtype else True
     if op.op in KERNEL_ABORTS and (aborts := KERNEL_ABORTS[op.op](model, op)):
         return TFLMOpVerdict(op.index, op.op, False, method, aborts)

@@ -56,6 +56,10 @@ def captured_tensor_indices(model: TFLiteModel) -> list[int]:
     return out
 
 
+class RuntimeFailed(PipelineError):
+    """The runtime could not run the model (it aborted, crashed or hung): another runtime may."""
+
+
 def capture_tensors(model_path: Path, inputs: list[np.ndarray], runtime: str,
                     arena_bytes: int | None = None) -> TensorValues:
     """Run N samples (`inputs`: one (N, ...) array per model input, in the input dtypes) and
@@ -75,13 +79,13 @@ def capture_tensors(model_path: Path, inputs: list[np.ndarray], runtime: str,
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S,
                                   cwd=PROJECT_DIR, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            raise PipelineError(f"{runtime} did not finish within {_TIMEOUT_S} s", path=model_path,
+            raise RuntimeFailed(f"{runtime} did not finish within {_TIMEOUT_S} s", path=model_path,
                                 field=runtime) from None
         if proc.returncode != 0 or not dst.is_file():
             from .process import signal_name
             from .tflm_runner import explain_tflm_error
 
-            raise PipelineError(f"{RUNTIMES[runtime]} failed ({signal_name(proc.returncode)}): "
+            raise RuntimeFailed(f"{RUNTIMES[runtime]} failed ({signal_name(proc.returncode)}): "
                                 f"{explain_tflm_error(proc.stderr)}", path=model_path, field=runtime,
                                 fix="run `invoke check` on the model: it names the ops this runtime "
                                     "lacks and the quantization scales its kernels cannot hold")

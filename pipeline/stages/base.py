@@ -151,6 +151,9 @@ class Stage:
     status: Callable[[Job, dict[str, Any]], tuple[str, str] | None] = _plain  # e.g. ("no compiler", why)
     problems: Callable[[Job, dict[str, Any]], list[str]] = _no_problems  # why it is not deployable
     section: Callable[[dict[str, Any]], dict[str, Any]] = _as_is  # what report.json keeps
+    # explains a verdict it does not decide (diagnose): when it fails, the chain goes on and the
+    # verdict and its exit code stand; its line and report.json say that it failed, and why
+    explains_only: bool = False
 
 
 @dataclass
