@@ -143,7 +143,10 @@ def deploy_summary(result) -> Table:
         files = q["files"]
         rows.append(("model", f"{out_dir / files['quantized']['path']}: {files['quantized']['bytes']} B "
                               f"({q['size_ratio']:.3f}x of float)"))
-        e = q.get("evaluation") or {}
+        # quantize's own scores (LiteRT, every evaluation sample) only when verify has none:
+        # verify's per-target lines below are the gated numbers, on --verify-samples, and two
+        # accuracies of one model on two sample counts read as a contradiction
+        e = {} if (v.get("metrics") or {}) else (q.get("evaluation") or {})
         outputs = e.get("outputs") or []
         if e.get("labelled"):
             rows.append(("accuracy", f"float {100 * e['float_accuracy']:.2f}% -> {q['mode']} "

@@ -30,7 +30,7 @@ _QEMU_FLAGS = {boards()[k].arm_flags() for k in QEMU_PRESETS}
 
 def _preset_param(key: str):
     """A link-only preset whose flags no QEMU preset shares compiles a TFLM library of its own
-    (minutes on 2 cores): marked `firmware_all`, run with `-m firmware_all` (or `-m ""`)."""
+    (a minute of CPU): marked `firmware_all`, which runs (CI included) unless `-m "not firmware_all"`."""
     b = boards()[key]
     own_library = not b.qemu_machine and b.cpu != "xtensa-lx7" and b.arm_flags() not in _QEMU_FLAGS
     return pytest.param(key, marks=pytest.mark.firmware_all) if own_library else key

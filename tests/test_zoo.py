@@ -6,7 +6,7 @@ Models are built once per session, in child processes, into a cache keyed by the
 zoo's source (beside pytest's own temporary folders, so a second local session reuses them; CI
 builds them afresh). The deploys run two at a time in the background while the tests below
 assert on them; `--samples` and the evaluation set are small. The heavy members
-(MobileNetV1/V2 at 96x96) are marked `zoo_heavy` (`-m "not zoo_heavy"` leaves them out); the
+(MobileNetV1/V2 at 96x96) are marked `zoo_heavy` (they run, CI included; `-m "not zoo_heavy"` leaves them out); the
 timings of every build and deploy land in `zoo_times.json` in the session's temporary folder.
 """
 

@@ -175,9 +175,11 @@ def _vww_data(rng, size: int, n: int):
     return x, y.astype(np.int64)
 
 
-def mobilenet_v1_vww(epochs: int = 3) -> ZooEntry:
+def mobilenet_v1_vww(epochs: int = 5) -> ZooEntry:
     """Visual wake words, MobileNetV1 alpha 0.25: 96x96x3 in [0, 1], 2 classes; 13
-    depthwise-separable blocks from 8 to 256 filters, average pool, softmax."""
+    depthwise-separable blocks from 8 to 256 filters, average pool, softmax. Five epochs: the
+    training is deterministic on one CPU, not across CPUs, and three left it at 86% float (and
+    6 points lost in int8) on one of them, 96% with no loss after five."""
     keras = _keras()
     L = keras.layers
     inputs = keras.Input((96, 96, 3), name="image")
