@@ -229,7 +229,8 @@ def quantize(c, model=None, data=None, eval_data=None, io_type=None, mode="int8"
     "name": "output name (default: the model file's stem)",
     "out": "output root directory (default build)",
     "target": "edgetpu, tflm or all (default)",
-    "board": "board preset for the TFLM fit and the firmware (`invoke boards`)",
+    "board": "board preset for the TFLM fit and the firmware (`invoke boards`; default: no fit check, "
+             "firmware for qemu-mps2-an386)",
     "board_file": "your own board as a TOML file (fields as in pipeline/boards.toml; README, Boards)",
     "compiler": "path of edgetpu_compiler (default: $EDGETPU_COMPILER, then PATH; absent: skipped)",
     "port": "a device's serial port (or `invoke emulate`'s): run the golden vectors on it last",
