@@ -54,10 +54,35 @@ def _check_configuration(argv: list[str], project_dir: Path | None = None) -> No
         raise SystemExit(2) from None
 
 
+def _bad_arguments_are_bad_input(parse_tasks):
+    """Invoke ends a task line it cannot parse (an unknown option, an option without its value)
+    with exit 1, which here means "not deployable": a CI job would read a typo as a verdict. It
+    is bad input: one `error:` line with a fix, exit 2."""
+    from functools import wraps
+
+    from invoke.exceptions import ParseError
+
+    if getattr(parse_tasks, "bad_input_is_exit_2", False):
+        return parse_tasks
+
+    @wraps(parse_tasks)
+    def parse(self, *args, **kwargs):
+        try:
+            return parse_tasks(self, *args, **kwargs)
+        except ParseError as exc:
+            words = [w for w in getattr(self.core, "unparsed", []) or [] if not w.startswith("-")]
+            task_name = words[0] if words and words[0] in ns.task_names else "<task>"
+            raise Exit(f"error: {exc} (fix: `invoke --help {task_name}` lists its options)", code=2) from None
+
+    parse.bad_input_is_exit_2 = True
+    return parse
+
+
 if _invoked_from_the_command_line():
     if hasattr(signal, "SIGPIPE"):  # `invoke --list | head` too ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _check_configuration(sys.argv[1:])
+    Program.parse_tasks = _bad_arguments_are_bad_input(Program.parse_tasks)  # Invoke's own program runs us
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -619,6 +644,8 @@ class ProjectProgram(Program):
         if hasattr(signal, "SIGPIPE"):
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         super().run(argv, exit)
+
+    parse_tasks = _bad_arguments_are_bad_input(Program.parse_tasks)
 
     def update_config(self, merge: bool = True) -> None:
         _check_configuration(sys.argv[1:], project_dir=Path.cwd())

@@ -151,7 +151,8 @@ def _train(path: Path) -> Path:
         model.fit(split.x_train, split.y_train, epochs=EPOCHS, batch_size=32, verbose=0)
         _, accuracy = model.evaluate(split.x_test, split.y_test, verbose=0)
     log.info("demo model trained: %.1f%% float accuracy on all %d held-out digits (verify scores the "
-             "float and quantized models on --samples of them: its float figure may differ)",
+             "float and quantized models on fewer of them, --verify-samples in deploy: its float "
+             "figure may differ)",
              100 * accuracy, len(split.y_test))
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.stem}.tmp.keras")  # Keras insists on the suffix

@@ -166,6 +166,10 @@ def raise_if_not_deployable(result: DeployResult) -> None:
     if result.failure is not None:
         raise result.failure
     if not result.deployable:
-        raise NotDeployableError(f"not deployable to {result.target}: {'; '.join(result.reasons)}",
+        # the summary printed each reason on a `why` line; the last line counts them, so a
+        # reason is not shown twice (a long one filled half a screen again)
+        count = len(result.reasons)
+        raise NotDeployableError(f"not deployable to {result.target}: {count} reason{'s' if count != 1 else ''} "
+                                 f"(the `why` lines above; report.json `deploy.reasons`)",
                                  path=result.output_dir / "report.md", field="--target",
                                  fix="see the report for each op's status and fix")

@@ -508,3 +508,5 @@ def test_a_softmax_the_reference_kernels_abort_on_is_diagnosed_on_litert_in_depl
     assert len(g["layers"]) == 3 and g["runtime_error"]  # measured; TFLM cannot be compared
     report_md = (tmp_path / "build" / "flat" / "report.md").read_text()
     assert "Measured on LiteRT's optimized kernels" in report_md
+    assert "Tensor arena: not measured." in report_md  # TFLM aborts: no figure, and no "bytes measured"
+    assert "`--mode int8` is for: edgetpu, tflm (whether this model deploys is the verdict above)" in report_md

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,17 @@ def test_a_wrong_option_is_refused_before_the_demo_is_quantized(tmp_path, task, 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:"), proc.stderr
     assert not (tmp_path / "build").exists(), "the demo was quantized before the option was checked"
+
+
+@pytest.mark.parametrize("args, needle", [(("deploy", "--sample", "5"), "No idea what '--sample' is"),
+                                          (("deploy", "--target"), "needed value"),
+                                          (("check", "--model"), "needed value")])
+def test_a_task_line_invoke_cannot_parse_is_bad_input_not_a_verdict(tmp_path, args, needle):
+    """Exit 1 means "not deployable": Invoke's own exit 1 for a typo must not read as one."""
+    for program in (["-r", str(ROOT)], None):
+        cmd = run_invoke(*program, *args, cwd=tmp_path) if program else subprocess.run(
+            [str(Path(sys.executable).with_name("edge-deploy")), *args], cwd=tmp_path, capture_output=True,
+            text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert cmd.returncode == 2, cmd.stdout + cmd.stderr
+        assert cmd.stderr.startswith("error: ") and needle in cmd.stderr and f"invoke --help {args[0]}" in cmd.stderr
+        assert "Traceback" not in cmd.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -321,7 +322,12 @@ def test_two_in_two_out(zoo):
     # --target edgetpu counts the Edge TPU's checks only; the same limit fails the TFLM target
     deployable(edgetpu_strict)
     clean(tflm_strict, 1)
-    assert "LiteRT reference kernels vs TFLM" in tflm_strict.stderr and "first differs at op" in tflm_strict.stderr
+    why = [line for line in tflm_strict.stdout.splitlines() if line.lstrip().startswith("why")]
+    assert any("LiteRT reference kernels vs TFLM" in line and "first differs at op" in line for line in why), \
+        tflm_strict.stdout
+    # the last line counts the reasons the summary gave; it does not repeat them
+    assert re.search(r"not deployable to tflm: \d+ reasons? \(the `why` lines above", tflm_strict.stderr), \
+        tflm_strict.stderr
 
 
 def test_lstm(zoo):
