@@ -147,8 +147,26 @@ def test_report_md_shows_the_firmware_its_builds_and_the_linked_fit(tmp_path):
     section = md[md.index("## TFLite Micro firmware"):]
     assert "`MicroMutableOpResolver<2>` with AddConv2D, AddSoftmax; 4 golden vectors" in section
     assert "| board (`kTensorArenaSize`) | 9952 | binary search under QEMU |" in section
-    assert "| host | SELFTEST PASS 4/4, max diff 0 | 200 us | 10800 | none |" in section
+    assert "| host | SELFTEST PASS 4/4, max diff 0 | 300 us | 10800 | none |" in section  # the console's median
     # a compiler error stays in its cell, on its line
     row = next(line for line in section.splitlines() if line.startswith("| cross:nrf |"))
     assert row.count(" | ") == 4 and "second line" in row, row
     assert "from the linked image" in section and "| flash | 377184 | 4194304 |" in section
+
+
+def test_a_builds_time_per_inference_is_the_median_the_console_shows(tmp_path):
+    """The console prints the median of the self-test's per-vector times; report.md must show
+    the same figure, labelled, not a mean of the same values (an outlier vector moves a mean)."""
+    from pipeline.boards import get_board, linked_fit
+    from pipeline.console import build_line
+
+    fit = linked_fit(get_board("qemu-mps2-an386"), text=374684, data=2500, bss=23240, model_bytes=8000,
+                     arena_bytes=9952, elf="selftest.elf")
+    section = _firmware_section(fit)
+    host = section["builds"]["host"]
+    host["timing"] = {**host["timing"], "per_vector": [500, 900, 700, 10000]}
+    update_report(tmp_path, "m", "firmware", section)
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| host |"))
+    assert "| 900 us |" in row and "900 us/inference" in build_line(host), (row, build_line(host))
+    assert "per inference (median of the vectors)" in md

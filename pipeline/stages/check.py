@@ -100,8 +100,10 @@ def not_deployable_reasons(checked: dict[str, Any], target: str) -> list[str]:
                        + (f" ({e['model_problem']})" if e.get("model_problem") else ""))
     if target in ("tflm", "all") and t and not t["compatible"]:
         bad = [f"{_op_name(o)}: {o['reason']}" for o in t["ops"] if not o["supported"]][:3]
-        reasons.append("TFLM: " + "; ".join(bad + [x for x in (t.get("model_problem"),
-                                                               t["interpreter"].get("error")) if x]))
+        # the interpreter's failure only when no op explains it: with one named, its crash is
+        # that op's abort again ("likely cause: ..."); the report keeps it in the TFLM section
+        crash = None if bad else t["interpreter"].get("error")
+        reasons.append("TFLM: " + "; ".join(bad + [x for x in (t.get("model_problem"), crash) if x]))
     if b and not (b["flash"]["fits"] and b["ram"]["fits"]):
         reasons.append(f"board {b['name']}: does not fit")
     return reasons

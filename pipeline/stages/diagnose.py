@@ -418,7 +418,7 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
         # LiteRT's reference kernels abort where TFLM's do (a softmax on a tiny input scale);
         # its optimized kernels run the model and round within a step or two of them, so the
         # per-layer error is still measured, on them
-        reference_runtime, reference_error = "litert", exc.message
+        reference_runtime, reference_error = "litert", exc.problem  # the model and the fix are known here
         errors, q_tensors = quantization_errors(quant_path, float_path, samples, keras=keras,
                                                 runtime=reference_runtime)
     diagnosis = Diagnosis(
@@ -455,7 +455,9 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
         except DeviceError:
             raise
         except PipelineError as exc:  # e.g. TFLM lacks an op: the float-vs-int8 part stands
-            diagnosis.runtime_error = exc.message
+            # a runtime that aborts on the model: what failed is enough (the model is this one,
+            # and the check stage names the op and its fix)
+            diagnosis.runtime_error = exc.problem if isinstance(exc, RuntimeFailed) else exc.message
             return diagnosis
         a, b = runtimes
         diagnosis.first_divergence = first_divergence(outputs[a], outputs[b], quant,

@@ -284,7 +284,7 @@ def _tflm(model, model_path, raw_inputs, names_out, specs, backends, checks, ker
         detail = exc.problem + _likely_tflm_cause(model, keras_model)
         backends.append(Backend(f"{scheme} TFLM", package_version("tflite-micro"), None, False, role="TFLM target",
                                 note=detail))
-        checks.append({**_check("TFLM runs the model", False, detail, "tflm"),
+        checks.append({**_check(_TFLM_RUNS, False, detail, "tflm"),
                        "fix": "run `invoke check` on the model: it names the ops TFLM lacks or aborts on"})
         return None
     backends.append(Backend(f"{scheme} TFLM", package_version("tflite-micro"), None, True, role="TFLM target",
@@ -492,9 +492,16 @@ def _verify_job(job: Job) -> VerifyResult:
                   target=r.target, tasks=r.tasks, **_keras_facts(job))
 
 
+_TFLM_RUNS = "TFLM runs the model"
+
+
 def _verify_problems(job: Job, result: dict[str, Any]) -> list[str]:
+    """The failed checks, less verify's "TFLM runs the model" when the check stage already gave
+    TFLM's refusal in this chain (the same abort, said again, with `invoke check` as its fix)."""
+    refused = not ((job.results.get("check") or {}).get("tflm") or {}).get("compatible", True)
     return [f"verify: {c['check']}: {c['detail']}" + (f" (fix: {c['fix']})" if c.get("fix") else "")
-            for c in checks_for(result.get("checks", []), job.request.target) if not c["passed"]]
+            for c in checks_for(result.get("checks", []), job.request.target)
+            if not c["passed"] and not (refused and c["check"] == _TFLM_RUNS)]
 
 
 STAGE = Stage("verify", run=_verify_job, cache_key=_verify_key, problems=_verify_problems)
