@@ -146,7 +146,7 @@ def deploy_summary(result) -> Table:
         # quantize's own scores (LiteRT, every evaluation sample) only when verify has none:
         # verify's per-target lines below are the gated numbers, on --verify-samples, and two
         # accuracies of one model on two sample counts read as a contradiction
-        e = {} if (v.get("metrics") or {}) else (q.get("evaluation") or {})
+        e = {} if v.get("metrics") else (q.get("evaluation") or {})
         outputs = e.get("outputs") or []
         if e.get("labelled"):
             rows.append(("accuracy", f"float {100 * e['float_accuracy']:.2f}% -> {q['mode']} "

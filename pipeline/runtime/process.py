@@ -36,7 +36,6 @@ def run_tool(argv: list[str], timeout_s: float, *, cwd=None, max_output: int = M
     output is decoded as UTF-8 with replacement (tools print what they like). `stop_at`: a
     tool that serves forever once ready (firmware with a HIL server) is stopped at the first
     line that starts with it, which counts as exit 0."""
-    import os
     import subprocess
     import tempfile
     import time

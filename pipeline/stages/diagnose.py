@@ -448,6 +448,8 @@ def diagnose(quant_path: Path, float_path: Path, samples: SampleSet, *,
                     tensors, diagnosis.device = capture_device_tensors(
                         device["port"], quant_path, model_inputs(quant, samples),
                         **{k: v for k, v in device.items() if k != "port"})
+                elif name == "litert-ref" and reference_error:  # it aborted above: not run twice
+                    raise RuntimeFailed(reference_error)
                 else:
                     tensors = q_tensors if name == reference_runtime else \
                         capture_tensors(quant_path, model_inputs(quant, samples), name)

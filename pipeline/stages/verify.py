@@ -60,6 +60,7 @@ _WORST_SAMPLES = 3  # samples replayed with every tensor kept, to find the first
 # A float output has no quantized step: its tolerance is this share of its largest magnitude,
 # per unit of --max-lsb
 _FLOAT_TOLERANCE = 1e-5
+_TFLM_RUNS = "TFLM runs the model"  # the check a TFLM that cannot run the model fails
 
 
 @dataclass
@@ -490,9 +491,6 @@ def _verify_job(job: Job) -> VerifyResult:
     r = job.request
     return verify(job.model, data=r.eval_data or r.data, samples=r.verify_samples, thresholds=r.thresholds,
                   target=r.target, tasks=r.tasks, **_keras_facts(job))
-
-
-_TFLM_RUNS = "TFLM runs the model"
 
 
 def _verify_problems(job: Job, result: dict[str, Any]) -> list[str]:
